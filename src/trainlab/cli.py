@@ -1,0 +1,86 @@
+"""The `trainlab` command: verbs -> functions. No torch import at module level, so `--help`,
+`--cfg job` and config errors answer in well under a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from trainlab import config  # noqa: F401  (registers the schema with Hydra's ConfigStore)
+from trainlab.errors import EXIT_CONFIG
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+USAGE = """\
+usage: trainlab <verb> [args]
+
+verbs:
+  train [overrides]     train one run; -m sweeps (Hydra overrides: model=mlp optimizer.lr=0.1)
+  resume RUN_DIR        continue an interrupted run in place, exactly where it stopped
+
+`trainlab train --help` lists the config groups and their options.
+"""
+
+_task_entered = False
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
+def _train_app(cfg: DictConfig) -> float | None:
+    global _task_entered
+    _task_entered = True
+    from trainlab import train  # torch is imported here, after the config passed its checks
+
+    return train.hydra_task(cfg)
+
+
+def train(args: list[str]) -> int:
+    global _task_entered
+    _task_entered = False
+    if not (CONF_DIR / "train.yaml").is_file():
+        print(
+            f"error: trainlab's conf/ folder is not at {CONF_DIR}; conf/ ships in the checkout, "
+            "so install trainlab from it with `pip install -e <checkout>`",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    sys.argv = ["trainlab train", *args]
+    try:
+        _train_app()
+    except SystemExit as e:
+        # Hydra exits 1 for every error it reports; the ones before our task runs are
+        # composition and usage errors (unknown key or option, wrong type, bad override).
+        if e.code == 1 and not _task_entered:
+            return EXIT_CONFIG
+        return e.code if isinstance(e.code, int) else 1
+    return 0
+
+
+def resume(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="trainlab resume", description="Continue a run in place from its last checkpoint."
+    )
+    parser.add_argument("run_dir", type=Path, help="the run folder (outputs/runs/<run>)")
+    ns = parser.parse_args(args)
+    from trainlab import train as train_module
+
+    return train_module.resume(ns.run_dir, argv=["trainlab", "resume", *args])
+
+
+VERBS = {"train": train, "resume": resume}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE, end="")
+        return 0 if argv else EXIT_CONFIG
+    verb, rest = argv[0], argv[1:]
+    if verb not in VERBS:
+        print(f"error: unknown verb {verb!r}\n\n{USAGE}", end="", file=sys.stderr)
+        return EXIT_CONFIG
+    return VERBS[verb](rest)

@@ -1,0 +1,33 @@
+"""The user-facing errors and the exit codes they map to (DESIGN.md section 7)."""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_CONFIG = 2
+EXIT_DIVERGED = 3
+EXIT_DATA = 4
+
+
+class TrainlabError(Exception):
+    """A problem the user can fix; the message says which key and how. No traceback."""
+
+    exit_code = EXIT_INTERNAL
+
+
+class ConfigError(TrainlabError):
+    """A config value is invalid: the message starts with `key=value:`."""
+
+    exit_code = EXIT_CONFIG
+
+
+class DataError(TrainlabError):
+    """Data is missing, empty, or does not match what the config declares."""
+
+    exit_code = EXIT_DATA
+
+
+class Diverged(TrainlabError):
+    """The training loss became NaN or Inf."""
+
+    exit_code = EXIT_DIVERGED

@@ -1,0 +1,78 @@
+"""What a run reports: TensorBoard scalars, config text and hparams, and the console lines."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from torch.optim import Optimizer
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
+# Run-level keys every run's hparams carry, besides the group choices and the overridden keys.
+CORE_HPARAMS = ("seed", "optimizer.lr", "trainer.batch_size", "trainer.max_epochs")
+
+
+def open_writer(tb_dir: Path, purge_step: int | None) -> SummaryWriter:
+    """The run's one event stream. On resume, purge_step (the checkpoint's step + 1) drops the
+    events the crashed attempt wrote after its checkpoint, so no step appears twice."""
+    return SummaryWriter(log_dir=str(tb_dir), purge_step=purge_step)
+
+
+def log_scalars(writer: SummaryWriter, scalars: dict[str, float], step: int) -> None:
+    for tag, value in scalars.items():
+        writer.add_scalar(tag, value, step)
+
+
+def lr_scalars(optimizer: Optimizer) -> dict[str, float]:
+    return {f"lr/group{i}": float(g["lr"]) for i, g in enumerate(optimizer.param_groups)}
+
+
+def log_config(writer: SummaryWriter, cfg: DictConfig) -> None:
+    # Indented four spaces: TensorBoard renders text as markdown, this keeps it a code block.
+    text = "\n".join("    " + line for line in OmegaConf.to_yaml(cfg).splitlines())
+    writer.add_text("config", text, 0)
+
+
+def hparams(cfg: DictConfig, choices: dict[str, str], overrides: list[str]) -> dict[str, Any]:
+    """A flat dict: the group choices, CORE_HPARAMS and every key set on the command line.
+
+    The jobs of one sweep share their override keys, so they share this key set, which the
+    HParams dashboard needs to compare them.
+    """
+    values: dict[str, Any] = {group: str(choice) for group, choice in sorted(choices.items())}
+    keys = list(CORE_HPARAMS)
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key not in choices and key not in keys:
+            keys.append(key)
+    for key in keys:
+        value = OmegaConf.select(cfg, key)
+        if OmegaConf.is_config(value):
+            value = str(OmegaConf.to_container(value, resolve=True))
+        values[key] = "null" if value is None else value
+    return values
+
+
+def log_hparams(
+    writer: SummaryWriter, hparam_values: dict[str, Any], results: dict[str, float], step: int
+) -> None:
+    """Write the hparams into the run's own event file (add_hparams would make a sub-folder),
+    with each result also as a scalar: the HParams dashboard reads metric values from scalars."""
+    finite = {k: v for k, v in results.items() if math.isfinite(v)}
+    log_scalars(writer, finite, step)
+    for summary in hparams_summaries(hparam_values, finite):
+        writer.file_writer.add_summary(summary, step)
+
+
+def format_epoch(epoch: int, max_epochs: int | None, record: dict[str, float]) -> str:
+    """One console line per epoch: the metrics, then the time."""
+    total = f"/{max_epochs}" if max_epochs else ""
+    shown = [
+        f"{k} {v:.4f}"
+        for k, v in record.items()
+        if k.startswith(("train/", "val/")) and isinstance(v, float)
+    ]
+    return f"epoch {epoch}{total}  " + "  ".join(shown) + f"  {record['time/epoch_s']:.1f}s"

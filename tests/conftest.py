@@ -1,0 +1,66 @@
+"""Shared fixtures: compose the real config from conf/ (Hydra's compose API), shrink it, and
+run it in-process on CPU in seconds."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+import trainlab.config  # noqa: F401  (registers the schema)
+from trainlab.cli import CONF_DIR
+
+REPO = CONF_DIR.parent
+
+# Small and fast, but the real pipeline: 2 epochs of the default model and data.
+TINY = ["trainer.max_epochs=2", "trainer.log_every_n_steps=5", "trainer.num_threads=1"]
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One dataset cache for the whole session (MNIST-1D is generated once)."""
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture
+def make_cfg(data_dir: Path, tmp_path: Path):
+    """make_cfg(*overrides) -> the composed, resolved task config (no `hydra` node), with
+    outputs under tmp_path and the session's data cache."""
+
+    def make(*overrides: str, tiny: bool = True) -> DictConfig:
+        paths = [f"paths.data_dir={data_dir}", f"paths.output_dir={tmp_path / 'outputs'}"]
+        return compose_cfg([*paths, *(TINY if tiny else []), *overrides])
+
+    return make
+
+
+def compose_cfg(overrides: list[str]) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="test"):
+        full = compose("train", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(full)  # for ${hydra:runtime.choices...} in `name`
+    cfg = copy.deepcopy(full)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    OmegaConf.resolve(cfg)
+    return cfg
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None):
+    """The real command line, in a fresh process: `python -m trainlab ...`."""
+    full_env = {**os.environ, **(env or {})}
+    full_env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run(
+        [sys.executable, "-m", "trainlab", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

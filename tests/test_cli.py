@@ -1,0 +1,151 @@
+"""The real command line in fresh processes: train, sweep, errors, start-up without torch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import REPO, TINY, run_cli
+from trainlab import rundir
+
+
+def cli_args(tmp_path: Path, data_dir: Path, *overrides: str) -> list[str]:
+    return [
+        f"paths.output_dir={tmp_path / 'outputs'}",
+        f"paths.data_dir={data_dir}",
+        *overrides,
+    ]
+
+
+def run_folders(tmp_path: Path) -> list[Path]:
+    root = tmp_path / "outputs" / "runs"
+    return sorted(root.iterdir()) if root.is_dir() else []
+
+
+def scalar_tags(tb_dir: Path) -> set[str]:
+    acc = EventAccumulator(str(tb_dir))
+    acc.Reload()
+    return set(acc.Tags()["scalars"])
+
+
+def test_help_and_cfg_answer_without_importing_torch():
+    code = (
+        "import sys\n"
+        "from trainlab.cli import main\n"
+        "rc = main(sys.argv[1:])\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "sys.exit(rc)\n"
+    )
+    for args in (["train", "--help"], ["train", "--cfg", "job"], ["--help"]):
+        done = subprocess.run(
+            [sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=REPO
+        )
+        assert done.returncode == 0, done.stderr
+    help_text = subprocess.run(
+        [sys.executable, "-c", code, "train", "--help"], capture_output=True, text=True
+    ).stdout
+    assert "model: cnn1d, mlp, sequential" in help_text
+    assert "optimizer: adam, adamw, sgd" in help_text
+
+
+@pytest.mark.slow
+def test_the_default_run_trains_to_the_promised_accuracy(tmp_path, data_dir):
+    """`trainlab train` with nothing chosen: cnn1d on MNIST-1D, through the real CLI."""
+    done = run_cli("train", *cli_args(tmp_path, data_dir), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run_dir,) = run_folders(tmp_path)
+    assert run_dir.name.endswith("-cnn1d-mnist1d")
+    results = json.loads((run_dir / "metrics.json").read_text())
+    print(f"default run: test/acc {results['test']['test/acc']:.4f} in {results['train_s']:.1f}s")
+    assert results["epochs"] == 100
+    assert results["test"]["test/acc"] >= 0.88
+    assert f"outputs:     {run_dir}" in done.stdout
+    assert f"tensorboard --logdir {run_dir / 'tb'}" in done.stdout
+
+
+@pytest.mark.slow
+def test_a_sweep_gives_each_job_its_own_folder_events_and_checkpoints(tmp_path, data_dir):
+    done = run_cli(
+        "train", "-m", "optimizer=sgd,adam", *cli_args(tmp_path, data_dir, *TINY), cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    (sweep,) = (tmp_path / "outputs" / "multirun").iterdir()
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert [p.name.split(",")[0] for p in jobs] == ["0_optimizer=sgd", "1_optimizer=adam"]
+    for job in jobs:
+        assert json.loads((job / "status.json").read_text())["status"] == "completed"
+        assert len(list((job / "tb").glob("events.out.tfevents.*"))) == 1
+        assert {"train/loss", "val/acc", "lr/group0"} <= scalar_tags(job / "tb")
+        assert {p.name for p in (job / "checkpoints").iterdir()} == {
+            "last.pt",
+            "best.pt",
+            "manifest.json",
+        }
+    assert json.loads((jobs[0] / "run.json").read_text())["choices"]["optimizer"] == "sgd"
+    assert json.loads((jobs[1] / "run.json").read_text())["choices"]["optimizer"] == "adam"
+
+
+@pytest.mark.slow
+def test_two_runs_started_together_get_distinct_folders(tmp_path, data_dir):
+    # paths.output_dir relative to the launch folder, as by default.
+    overrides = ["paths.output_dir=outputs", f"paths.data_dir={data_dir}", *TINY]
+    args = [sys.executable, "-m", "trainlab", "train", *overrides]
+    procs = [
+        subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(2)
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err.decode()[-2000:]
+    folders = run_folders(tmp_path)
+    assert len(folders) == 2
+    for folder in folders:
+        assert (folder / "checkpoints" / "last.pt").is_file()
+        # Stored absolute, so a resume from another folder finds the same places.
+        stored = yaml.safe_load((folder / "config.yaml").read_text())
+        assert stored["paths"]["output_dir"] == str(tmp_path / "outputs")
+
+
+def test_claim_never_hands_out_the_same_folder_twice(tmp_path):
+    first = rundir.claim(tmp_path / "runs" / "2026-01-01_00-00-00_000000-x")
+    second = rundir.claim(tmp_path / "runs" / "2026-01-01_00-00-00_000000-x")
+    assert first != second and first.is_dir() and second.is_dir()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("trainer.batch_size=0", "error: trainer.batch_size=0: must be >= 1"),
+        ("trainer.max_epoch=3", "Key 'max_epoch' not in 'TrainerConfig'"),
+        ("optimizer=adamm", "Could not find 'optimizer/adamm'"),
+        ("trainer.batch_size=big", "trainer.batch_size"),
+    ],
+)
+def test_config_errors_exit_2_before_any_folder_exists(tmp_path, data_dir, override, message):
+    done = run_cli("train", *cli_args(tmp_path, data_dir, override), cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "outputs").exists() or run_folders(tmp_path) == []
+
+
+def test_an_error_found_while_building_exits_2_and_removes_the_folder(tmp_path, data_dir):
+    done = run_cli("train", *cli_args(tmp_path, data_dir, "model.num_classes=3"), cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert (
+        "error: model: gives outputs of shape [3] per sample but dataset.num_classes=10"
+        in done.stderr
+    )
+    assert run_folders(tmp_path) == []
+
+
+def test_resume_of_a_folder_that_is_no_run_says_so(tmp_path):
+    done = run_cli("resume", str(tmp_path), cwd=tmp_path)
+    assert done.returncode == 2
+    assert "no config.yaml here" in done.stderr
