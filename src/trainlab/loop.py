@@ -133,7 +133,7 @@ def fit(
     device = parts.train.split.x.device
     max_epochs = None if trainer.max_steps is not None else trainer.max_epochs
     model.train()
-    while not _finished(trainer, state, len(parts.train)):
+    while not _finished(trainer, state):
         start_time = time.perf_counter()
         epoch_sums, interval_sums = new_sums(device), new_sums(device)
         for x, y in parts.train.epoch(state.epoch, start=state.batch_in_epoch):
@@ -152,7 +152,7 @@ def fit(
         _log_train(writer, interval_sums, optimizer, state.step)
         if state.batch_in_epoch == len(parts.train):
             state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-        finished = _finished(trainer, state, len(parts.train))
+        finished = _finished(trainer, state)
 
         seconds = time.perf_counter() - start_time
         record: dict[str, Any] = {"epoch": state.epoch, "step": state.step}
@@ -188,7 +188,7 @@ def fit(
     return state
 
 
-def _finished(trainer: DictConfig, state: LoopState, steps_per_epoch: int) -> bool:
+def _finished(trainer: DictConfig, state: LoopState) -> bool:
     if state.stopped_early:
         return True
     if trainer.max_steps is not None:
