@@ -14,6 +14,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+import files
 import trainlab.config  # noqa: F401  (registers the schema)
 from trainlab.cli import CONF_DIR
 
@@ -25,8 +26,15 @@ TINY = ["trainer.max_epochs=2", "trainer.log_every_n_steps=5", "trainer.num_thre
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One dataset cache for the whole session (MNIST-1D is generated once)."""
-    return tmp_path_factory.mktemp("data")
+    """One data folder for the whole session: the MNIST-1D cache (generated once) and small
+    files in the formats of the file-based datasets, written here (nothing is downloaded)."""
+    root = tmp_path_factory.mktemp("data")
+    files.write_mnist(root / "MNIST" / "raw", n_train=120, n_test=40)
+    files.write_mnist(root / "FashionMNIST" / "raw", n_train=120, n_test=40)
+    files.write_cifar(root / "cifar-10-batches-py", per_batch=20)
+    files.write_csv(root / "table.csv", rows=90)
+    files.write_images(root / "images" / "train", classes=("cats", "dogs"), per_class=15)
+    return root
 
 
 @pytest.fixture

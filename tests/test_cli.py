@@ -50,8 +50,8 @@ def test_help_and_cfg_answer_without_importing_torch():
     help_text = subprocess.run(
         [sys.executable, "-c", code, "train", "--help"], capture_output=True, text=True
     ).stdout
-    assert "model: cnn1d, mlp, sequential" in help_text
-    assert "optimizer: adam, adamw, sgd" in help_text
+    assert "model: cnn, cnn1d, fcn, gru, lenet, mlp, multihead, sequential, torchvision" in help_text
+    assert "scheduler: cosine, cosine_warm_restarts, exponential, lambda_warmup" in help_text
 
 
 @pytest.mark.slow
@@ -136,12 +136,9 @@ def test_config_errors_exit_2_before_any_folder_exists(tmp_path, data_dir, overr
 
 
 def test_an_error_found_while_building_exits_2_and_removes_the_folder(tmp_path, data_dir):
-    done = run_cli("train", *cli_args(tmp_path, data_dir, "model.num_classes=3"), cwd=tmp_path)
+    done = run_cli("train", *cli_args(tmp_path, data_dir, "model.num_outputs=3"), cwd=tmp_path)
     assert done.returncode == 2, done.stderr
-    assert (
-        "error: model: gives outputs of shape [3] per sample but dataset.num_classes=10"
-        in done.stderr
-    )
+    assert "error: model: gives outputs of shape [2, 3] but dataset.num_outputs=10" in done.stderr
     assert run_folders(tmp_path) == []
 
 

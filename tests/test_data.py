@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from trainlab.data import Split, TensorBatches, build_data, digits, mnist1d, split_validation
+from trainlab.data import Split, TensorBatches, build_data, validation_indices
+from trainlab.datasets import digits
+from trainlab.synthetic import mnist1d
 from trainlab.errors import DataError
 
 
@@ -44,12 +46,11 @@ def test_validation_split_is_seeded_and_independent_of_the_run_seed(make_cfg):
 
 
 def test_split_is_a_partition():
-    x = torch.arange(50.0)[:, None]
-    train, val = split_validation(Split(x, torch.arange(50)), 0.2, seed=0)
+    train, val = validation_indices(50, 0.2, seed=0)
     assert len(val) == 10 and len(train) == 40
-    assert sorted(torch.cat([train.y, val.y]).tolist()) == list(range(50))
+    assert sorted(torch.cat([train, val]).tolist()) == list(range(50))
     with pytest.raises(DataError, match=r"dataset\.val_fraction=0\.001"):
-        split_validation(Split(x, torch.arange(50)), 0.001, seed=0)
+        validation_indices(50, 0.001, seed=0)
 
 
 def test_epoch_order_depends_on_seed_and_epoch_only():

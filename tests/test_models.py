@@ -10,7 +10,7 @@ from trainlab.models import ConvBase, sequential
 
 
 def test_convbase_matches_the_papers_shape():
-    model = ConvBase(input_length=40, channels=25, num_classes=10, activation=nn.ReLU)
+    model = ConvBase(input_length=40, channels=25, num_outputs=10, activation=nn.ReLU)
     assert model.linear.in_features == 125  # 25 channels x 5 points, as in the paper
     assert model(torch.randn(7, 40)).shape == (7, 10)
     # conv1 150 + conv2 1900 + conv3 1900 + linear 1260: the paper's 5.2k parameters

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 from pathlib import Path
 
@@ -41,7 +42,8 @@ def test_a_run_writes_every_output(make_cfg, tmp_path):
     assert stored == OmegaConf.to_container(cfg, resolve=True)
     record = json.loads((run_dir / "run.json").read_text())
     assert record["seed"] == cfg.seed and record["overrides"] == LAUNCH["overrides"]
-    assert record["versions"]["torch"] == str(torch.__version__)
+    assert record["versions"]["torch"] == importlib.metadata.version("torch")
+    assert record["environment"]["torch"] == str(torch.__version__)
     assert {"started", "argv", "host"} <= set(record["attempts"][0])
     assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
     saved = json.loads((run_dir / "metrics.json").read_text())
@@ -180,9 +182,9 @@ def test_resume_of_a_completed_run_does_nothing(make_cfg, tmp_path, capsys):
         ("+optimizer.momentum=0.9", ConfigError, "optimizer: .*unexpected keyword .*momentum"),
         ("model.channels=0", ConfigError, "model=trainlab.models.ConvBase: fails on samples"),
         (
-            "model.num_classes=5",
+            "model.num_outputs=5",
             ConfigError,
-            r"model: gives outputs of shape \[5\] .*num_classes=10",
+            r"model: gives outputs of shape \[2, 5\] but dataset.num_outputs=10",
         ),
     ],
 )

@@ -1,76 +1,96 @@
-"""Datasets, the seeded train/validation split, and in-memory batching.
+"""Splits and batches: the seeded train/validation split, checks of the data against what the
+dataset config declares, and the two ways batches are made.
 
-A dataset loader (the `_target_` of conf/dataset/*.yaml) returns numpy arrays
-{x_train, y_train, x_test, y_test}. build_data splits off validation with its own seed and
-holds every split as tensors on the training device; TensorBatches then draws each epoch's
-order from a generator seeded by (seed, epoch), so any position in any epoch can be
-re-created without replaying the run (exact resume, shardable across ranks).
+A dataset loader (the `_target_` of conf/dataset/*.yaml, in datasets.py) returns either numpy
+arrays {x_train, y_train, x_test, y_test}, held as tensors on the training device and batched
+by indexing a permutation (TensorBatches), or torch Datasets (DatasetSplits) for data that does
+not fit in memory, batched by a DataLoader (LoaderBatches). Both draw each epoch's order from a
+generator seeded by (seed, epoch), so any position in any epoch can be re-created without
+replaying the run (exact resume, shardable across ranks).
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
-import logging
+import inspect
 import math
-import random
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
 from trainlab.build import instantiate_node
 from trainlab.errors import DataError
-from trainlab.rundir import write_atomic
-
-log = logging.getLogger(__name__)
+from trainlab.tasks import Target
 
 # Keys of a dataset node that describe the data to trainlab and are not loader arguments.
-TRAINLAB_KEYS = ("task", "input_shape", "num_features", "num_classes", "val_fraction", "split_seed")
+TRAINLAB_KEYS = (
+    "task", "input_shape", "num_features", "num_outputs", "num_classes", "negative_label",
+    "heads", "monitor", "val_fraction", "split_seed", "num_workers",
+)  # fmt: skip
 
 
 @dataclass
 class Split:
+    """One split held in memory: inputs and targets (a tensor, or a dict of them per head)."""
+
     x: Tensor
-    y: Tensor
+    y: Target
 
     def __len__(self) -> int:
-        return len(self.y)
+        return self.x.shape[0]
+
+    def take(self, idx: Tensor) -> Split:
+        return Split(self.x[idx], _tree(lambda t: t[idx], self.y))
 
     def to(self, device: torch.device) -> Split:
-        return Split(self.x.to(device), self.y.to(device))
+        return Split(self.x.to(device), _tree(lambda t: t.to(device), self.y))
+
+
+@dataclass
+class DatasetSplits:
+    """What a DataLoader-path loader returns: `train` with training transforms, and the same
+    samples with evaluation transforms (`train_eval`, for the validation split), plus `test`."""
+
+    train: Dataset
+    train_eval: Dataset
+    test: Dataset
+    classes: list[str] | None = None
 
 
 @dataclass
 class Data:
-    train: Split
-    val: Split
-    test: Split
+    train: Split | Dataset
+    val: Split | Dataset
+    test: Split | Dataset
 
 
 def build_data(cfg: DictConfig, device: torch.device) -> Data:
-    """Load the dataset named by cfg, split off validation, check it against cfg, move to device."""
+    """Load the dataset named by cfg, check it against cfg, split off validation, move to device."""
     kwargs = OmegaConf.to_container(cfg, resolve=True)
+    takes = inspect.signature(get_method(cfg._target_)).parameters
     for key in TRAINLAB_KEYS:
-        kwargs.pop(key)
-    arrays = instantiate_node(kwargs, "dataset")
-    train = _as_split(arrays["x_train"], arrays["y_train"])
-    test = _as_split(arrays["x_test"], arrays["y_test"])
+        if key not in takes:  # e.g. a synthetic generator takes num_features itself
+            kwargs.pop(key, None)
+    loaded = instantiate_node(kwargs, "dataset")
+    if isinstance(loaded, DatasetSplits):
+        return _dataset_splits(cfg, loaded)
+    train = _as_split(loaded["x_train"], loaded["y_train"])
+    test = _as_split(loaded["x_test"], loaded["y_test"])
     for name, split in (("train", train), ("test", test)):
-        _check_split(cfg, name, split)
-    train, val = split_validation(train, cfg.val_fraction, cfg.split_seed)
+        check_split(cfg, name, split)
+    train_idx, val_idx = validation_indices(len(train), cfg.val_fraction, cfg.split_seed)
+    train, val = train.take(train_idx), train.take(val_idx)
     return Data(train=train.to(device), val=val.to(device), test=test.to(device))
 
 
-def split_validation(train: Split, fraction: float, seed: int) -> tuple[Split, Split]:
-    """Hold out round(fraction * n) samples for validation, chosen by a generator of its own."""
-    n = len(train)
+def validation_indices(n: int, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """(train, val) indices: round(fraction * n) samples held out by a generator of their own."""
     n_val = round(n * fraction)
     if not 0 < n_val < n:
         raise DataError(
@@ -78,14 +98,19 @@ def split_validation(train: Split, fraction: float, seed: int) -> tuple[Split, S
             "validation; pick a fraction that keeps at least one sample on each side"
         )
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    val_idx, train_idx = order[:n_val], order[n_val:]
-    return Split(train.x[train_idx], train.y[train_idx]), Split(train.x[val_idx], train.y[val_idx])
+    return order[n_val:], order[:n_val]
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    """A well-mixed 63-bit seed for (run seed, epoch): epoch orders independent of each other."""
-    state = np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint64)[0]
+def epoch_seed(seed: int, *keys: int) -> int:
+    """A well-mixed 63-bit seed for (run seed, epoch, ...): streams independent of each other."""
+    state = np.random.SeedSequence([seed, *keys]).generate_state(1, dtype=np.uint64)[0]
     return int(state) >> 1
+
+
+def epoch_order(n: int, shuffle: bool, seed: int, epoch: int) -> Tensor:
+    if not shuffle:
+        return torch.arange(n)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(epoch_seed(seed, epoch)))
 
 
 class TensorBatches:
@@ -93,88 +118,104 @@ class TensorBatches:
 
     def __init__(self, split: Split, batch_size: int, shuffle: bool, seed: int) -> None:
         self.split, self.batch_size, self.shuffle, self.seed = split, batch_size, shuffle, seed
+        self.device = split.x.device
 
     def __len__(self) -> int:
         return math.ceil(len(self.split) / self.batch_size)
 
     def order(self, epoch: int) -> Tensor:
-        n = len(self.split)
-        if not self.shuffle:
-            return torch.arange(n)
-        return torch.randperm(
-            n, generator=torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
-        )
+        return epoch_order(len(self.split), self.shuffle, self.seed, epoch)
 
-    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Target]]:
         """The batches of `epoch`, from batch index `start` on (a resumed run starts mid-way)."""
-        order = self.order(epoch).to(self.split.x.device)
+        order = self.order(epoch).to(self.device)
         for i in range(start, len(self)):
-            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
-            yield self.split.x[idx], self.split.y[idx]
+            batch = self.split.take(order[i * self.batch_size : (i + 1) * self.batch_size])
+            yield batch.x, batch.y
+
+    def sample(self, n: int) -> tuple[Tensor, Target]:
+        """The first n samples, in stored order (for the preflight pass)."""
+        first = self.split.take(torch.arange(min(n, len(self.split)), device=self.device))
+        return first.x, first.y
 
 
-# ---- loaders: the `_target_`s of conf/dataset ----
+class SeededSamples(Dataset):
+    """Seeds the random transforms of sample i from (seed, epoch, i), so augmentation does not
+    depend on workers, order or what ran before: a resumed epoch sees the same crops."""
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Any:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(epoch_seed(self.seed, self.epoch, index))
+            return self.dataset[index]
 
 
-def mnist1d(
-    root: str,
-    num_samples: int,
-    train_split: float,
-    final_seq_length: int,
-    shuffle_seq: bool,
+class LoaderBatches:
+    """Batches of a torch Dataset through a DataLoader, in the same seeded per-epoch order."""
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        shuffle: bool,
+        seed: int,
+        device: torch.device,
+        num_workers: int,
+    ) -> None:
+        self.dataset = SeededSamples(dataset, seed)
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.device, self.num_workers = device, num_workers
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.dataset) / self.batch_size)
+
+    def order(self, epoch: int) -> Tensor:
+        return epoch_order(len(self.dataset), self.shuffle, self.seed, epoch)
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Target]]:
+        order = self.order(epoch)
+        batches = [
+            order[i * self.batch_size : (i + 1) * self.batch_size].tolist()
+            for i in range(start, len(self))
+        ]
+        self.dataset.epoch = epoch  # workers are started per epoch and copy it
+        loader = DataLoader(
+            self.dataset,
+            batch_sampler=batches,
+            num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,  # a fresh worker pool per epoch sees the new epoch
+        )
+        for x, y in loader:
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def sample(self, n: int) -> tuple[Tensor, Target]:
+        x, y = default_collate([self.dataset[i] for i in range(min(n, len(self.dataset)))])
+        return x.to(self.device), y.to(self.device)
+
+
+def make_batches(
+    split: Split | Dataset,
+    batch_size: int,
+    shuffle: bool,
     seed: int,
-) -> dict[str, np.ndarray]:
-    """MNIST-1D, generated offline with the paper's other arguments and cached as .npz in root."""
-    overrides = dict(
-        num_samples=num_samples,
-        train_split=train_split,
-        final_seq_length=final_seq_length,
-        shuffle_seq=shuffle_seq,
-        seed=seed,
-    )
-    key = hashlib.sha256(json.dumps(overrides, sort_keys=True).encode()).hexdigest()[:12]
-    path = Path(root) / "mnist1d" / f"mnist1d-{key}.npz"
-    if not path.is_file():
-        log.info("generating MNIST-1D into %s (once; later runs read the cache)", path)
-        with _global_rng_untouched():
-            from mnist1d.data import get_dataset_args, make_dataset
-
-            args = get_dataset_args()
-            for name, value in overrides.items():
-                setattr(args, name, value)
-            d = make_dataset(args)
-        _save_npz(path, x_train=d["x"], y_train=d["y"], x_test=d["x_test"], y_test=d["y_test"])
-    with np.load(path) as f:
-        return {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+    device: torch.device,
+    num_workers: int = 0,
+) -> TensorBatches | LoaderBatches:
+    if isinstance(split, Split):
+        return TensorBatches(split, batch_size, shuffle, seed)
+    return LoaderBatches(split, batch_size, shuffle, seed, device, num_workers)
 
 
-def digits(test_fraction: float, test_split_seed: int) -> dict[str, np.ndarray]:
-    """scikit-learn's bundled 8x8 digits as (1, 8, 8) images in [0, 1]; a fixed test hold-out."""
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    x = (bunch.images / 16.0).astype(np.float32)[:, None]
-    y = bunch.target.astype(np.int64)
-    order = np.random.default_rng(test_split_seed).permutation(len(y))
-    n_test = round(len(y) * test_fraction)
-    if not 0 < n_test < len(y):
-        raise DataError(f"dataset.test_fraction={test_fraction}: must leave samples on both sides")
-    test, train = order[:n_test], order[n_test:]
-    return {"x_train": x[train], "y_train": y[train], "x_test": x[test], "y_test": y[test]}
+# ---- checks of the data against the config ----
 
 
-# ---- helpers ----
-
-
-def _as_split(x: np.ndarray, y: np.ndarray) -> Split:
-    xt = torch.as_tensor(np.asarray(x), dtype=torch.float32)
-    yt = torch.as_tensor(np.asarray(y))
-    if not yt.is_floating_point():
-        yt = yt.long()
-    return Split(xt, yt)
-
-
-def _check_split(cfg: DictConfig, name: str, split: Split) -> None:
+def check_split(cfg: DictConfig, name: str, split: Split) -> None:
     if len(split) == 0:
         raise DataError(f"dataset={cfg._target_}: the {name} split is empty")
     shape = list(split.x.shape[1:])
@@ -188,30 +229,76 @@ def _check_split(cfg: DictConfig, name: str, split: Split) -> None:
             f"dataset.num_features={cfg.num_features}: samples of shape {shape} have "
             f"{math.prod(shape)} elements; set dataset.num_features={math.prod(shape)}"
         )
-    if cfg.task == "classification":
-        low, high = int(split.y.min()), int(split.y.max())
-        if low < 0 or high >= cfg.num_classes:
+    _check_targets(cfg, name, split.y, "dataset")
+
+
+def _check_targets(cfg: DictConfig, name: str, y: Target, key: str) -> None:
+    task = cfg.task
+    if task == "multitask":
+        for head, spec in cfg.heads.items():
+            _check_targets(spec, name, y[head], f"{key}.heads.{head}")
+        return
+    if task in ("classification", "segmentation"):
+        valid = y[y >= 0]  # negative labels are ignore_index values
+        low, high = int(valid.min()), int(valid.max())
+        if high >= cfg.num_classes:
             raise DataError(
-                f"dataset.num_classes={cfg.num_classes}: the {name} labels run from {low} to "
-                f"{high}; set dataset.num_classes={high + 1}"
+                f"{key}.num_classes={cfg.num_classes}: the {name} labels run from {low} to "
+                f"{high}; set {key}.num_classes={high + 1}"
+            )
+        return
+    width = y.shape[1] if y.dim() > 1 else 1
+    if width != cfg.num_outputs:
+        raise DataError(
+            f"{key}.num_outputs={cfg.num_outputs}: the {name} targets have {width} values per "
+            f"sample; set {key}.num_outputs={width}"
+        )
+    if task in ("binary", "multilabel"):
+        values = set(torch.unique(y).tolist())
+        allowed = {float(cfg.negative_label), 1.0}
+        if not values <= allowed:
+            raise DataError(
+                f"{key}.negative_label={cfg.negative_label}: the {name} targets take the values "
+                f"{sorted(values)}, not {sorted(allowed)}"
             )
 
 
-@contextmanager
-def _global_rng_untouched() -> Iterator[None]:
-    """mnist1d seeds Python's and numpy's global generators; put both back afterwards so a
-    cache miss and a cache hit leave the run's random streams identical."""
-    py_state, np_state = random.getstate(), np.random.get_state()
-    try:
-        yield
-    finally:
-        random.setstate(py_state)
-        np.random.set_state(np_state)
+def _dataset_splits(cfg: DictConfig, loaded: DatasetSplits) -> Data:
+    if loaded.classes is not None and len(loaded.classes) != cfg.num_classes:
+        raise DataError(
+            f"dataset.num_classes={cfg.num_classes}: the data has {len(loaded.classes)} classes "
+            f"({', '.join(loaded.classes[:10])}); set dataset.num_classes={len(loaded.classes)}"
+        )
+    for name, dataset in (("train", loaded.train), ("test", loaded.test)):
+        if len(dataset) == 0:  # type: ignore[arg-type]
+            raise DataError(f"dataset={cfg._target_}: the {name} split is empty")
+        x, _ = dataset[0]
+        if list(x.shape) != list(cfg.input_shape):
+            raise DataError(
+                f"dataset.input_shape={list(cfg.input_shape)}: the {name} samples have shape "
+                f"{list(x.shape)} after the transforms; set dataset.input_shape={list(x.shape)}"
+            )
+    train_idx, val_idx = validation_indices(
+        len(loaded.train),
+        cfg.val_fraction,
+        cfg.split_seed,  # type: ignore[arg-type]
+    )
+    return Data(
+        train=Subset(loaded.train, train_idx.tolist()),
+        val=Subset(loaded.train_eval, val_idx.tolist()),
+        test=loaded.test,
+    )
 
 
-def _save_npz(path: Path, **arrays: np.ndarray) -> None:
-    """Write atomically: concurrent runs never read half a cache file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    write_atomic(path, buffer.getvalue())
+def _as_split(x: Any, y: Any) -> Split:
+    xt = torch.as_tensor(np.asarray(x), dtype=torch.float32)
+    return Split(xt, _tree(_as_target, y))
+
+
+def _as_target(y: Any) -> Tensor:
+    t = torch.as_tensor(np.asarray(y))
+    return t.float() if t.is_floating_point() else t.long()
+
+
+def _tree(fn: Any, y: Any) -> Any:
+    return {k: fn(v) for k, v in y.items()} if isinstance(y, dict) else fn(y)

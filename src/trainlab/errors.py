@@ -31,3 +31,9 @@ class Diverged(TrainlabError):
     """The training loss became NaN or Inf."""
 
     exit_code = EXIT_DIVERGED
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (its class name if it has none)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else error.__class__.__name__

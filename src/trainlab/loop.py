@@ -1,11 +1,13 @@
 """The training loop: train_step, evaluate, fit. fit reads top to bottom: for each epoch, for
-each batch, step, maybe log; then validate, maybe stop early, checkpoint."""
+each optimizer step (one or more batches), step, maybe log; then validate, maybe stop early,
+checkpoint."""
 
 from __future__ import annotations
 
 import logging
-import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,14 +16,18 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LRScheduler
+from torch.optim.lr_scheduler import CosineAnnealingWarmRestarts, LRScheduler, ReduceLROnPlateau
 from torch.utils.tensorboard import SummaryWriter
 
-from trainlab import checkpoint, metrics
-from trainlab.data import TensorBatches
+from trainlab import checkpoint, metrics, tasks
+from trainlab.config import monitor_mode
+from trainlab.data import LoaderBatches, TensorBatches
 from trainlab.errors import Diverged
+from trainlab.tasks import Target, Task
 
 log = logging.getLogger(__name__)
+
+Batches = TensorBatches | LoaderBatches
 
 
 @dataclass
@@ -33,8 +39,10 @@ class Parts:
     optimizer: Optimizer
     scheduler: LRScheduler | None
     scheduler_interval: str  # "epoch" | "step"
-    train: TensorBatches
-    val: TensorBatches
+    task: Task
+    train: Batches
+    val: Batches
+    eval_with_average: bool = False  # ASGD: validate, test and keep best.pt with `ax`
 
 
 @dataclass
@@ -64,61 +72,54 @@ class Checkpointing:
 
 def train_step(
     model: nn.Module,
-    x: Tensor,
-    y: Tensor,
+    batches: list[tuple[Tensor, Target]],
     loss_fn: nn.Module,
     optimizer: Optimizer,
     grad_clip_norm: float | None,
-) -> tuple[Tensor, Tensor]:
-    """Forward, backward, clip, step. Returns the detached loss and output (no device sync)."""
-    optimizer.zero_grad(set_to_none=True)
-    output = model(x)
-    loss = loss_fn(output, y)
-    loss.backward()
-    if grad_clip_norm is not None:
-        nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm)
-    optimizer.step()
-    return loss.detach(), output.detach()
+) -> list[tuple[Tensor, Any]]:
+    """One optimizer step over one or more batches (gradient accumulation): zero the grads,
+    forward and backward each batch with its loss scaled by 1/len(batches), clip, step.
+    Returns each batch's detached loss and output, from the first evaluation (no device sync).
+
+    The step takes a closure, as LBFGS needs (it re-evaluates the loss several times); every
+    other optimizer calls it exactly once, which is the usual forward/backward/step.
+    """
+    first: list[tuple[Tensor, Any]] = []
+    n = len(batches)
+
+    def closure() -> Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        total: Tensor | None = None
+        for x, y in batches:
+            output = model(x)
+            loss = loss_fn(output, y)
+            scaled = loss / n if n > 1 else loss
+            scaled.backward()
+            total = scaled.detach() if total is None else total + scaled.detach()
+            if len(first) < n:
+                first.append((loss.detach(), _detach(output)))
+        if grad_clip_norm is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm)
+        return total  # type: ignore[return-value]
+
+    optimizer.step(closure)
+    return first
 
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, batches: TensorBatches, loss_fn: nn.Module, prefix: str
+    model: nn.Module, batches: Batches, loss_fn: nn.Module, task: Task, split: str
 ) -> dict[str, float]:
-    """Mean loss and accuracy over `batches`, as {prefix/loss, prefix/acc}; leaves the model's
+    """The task's metrics over `batches` as {split/metric: value}; leaves the model's
     train/eval mode as it found it."""
     was_training = model.training
     model.eval()
-    sums = new_sums(batches.split.x.device)
+    sums = tasks.new_sums(task, batches.device)
     for x, y in batches.epoch(0):
         output = model(x)
-        accumulate(sums, loss_fn(output, y), output, y)
+        tasks.accumulate(task, sums, loss_fn(output, y), output, y)
     model.train(was_training)
-    return summarize(sums, prefix)
-
-
-def new_sums(device: torch.device) -> dict[str, Tensor]:
-    zero = torch.zeros((), dtype=torch.float64, device=device)
-    return {"loss": zero.clone(), "correct": zero.clone(), "count": zero.clone()}
-
-
-def accumulate(sums: dict[str, Tensor], loss: Tensor, output: Tensor, y: Tensor) -> None:
-    """Add one batch on the device: the loss weighted by batch size, and the correct count."""
-    n = y.shape[0]
-    sums["loss"] += loss.detach() * n
-    sums["correct"] += (output.argmax(-1) == y).sum()
-    sums["count"] += n
-
-
-def summarize(sums: dict[str, Tensor], prefix: str) -> dict[str, float]:
-    """Means of the sums: the only place the loop waits for the device."""
-    count = sums["count"].item()
-    if count == 0:
-        return {}
-    return {
-        f"{prefix}/loss": sums["loss"].item() / count,
-        f"{prefix}/acc": sums["correct"].item() / count,
-    }
+    return tasks.summarize(task, sums, split)
 
 
 def fit(
@@ -129,63 +130,124 @@ def fit(
     ckpt: Checkpointing,
 ) -> LoopState:
     """Train until trainer.max_epochs (or max_steps) or early stopping; return the final state."""
-    model, optimizer, scheduler = parts.model, parts.optimizer, parts.scheduler
-    device = parts.train.split.x.device
+    model, optimizer, scheduler, task = parts.model, parts.optimizer, parts.scheduler, parts.task
+    device, per_step = parts.train.device, trainer.accumulate_grad_batches
+    steps_per_epoch = -(-len(parts.train) // per_step)
     max_epochs = None if trainer.max_steps is not None else trainer.max_epochs
     model.train()
     while not _finished(trainer, state):
         start_time = time.perf_counter()
-        epoch_sums, interval_sums = new_sums(device), new_sums(device)
-        for x, y in parts.train.epoch(state.epoch, start=state.batch_in_epoch):
-            loss, output = train_step(model, x, y, parts.loss_fn, optimizer, trainer.grad_clip_norm)
-            accumulate(epoch_sums, loss, output, y)
-            accumulate(interval_sums, loss, output, y)
+        # Batches add into `interval`; each log point folds it into the epoch's sums.
+        epoch_sums, interval = tasks.new_sums(task, device), tasks.new_sums(task, device)
+        batches = parts.train.epoch(state.epoch, start=state.batch_in_epoch)
+        for group in _groups(batches, per_step):
+            results = train_step(model, group, parts.loss_fn, optimizer, trainer.grad_clip_norm)
+            for (loss, output), (_, y) in zip(results, group, strict=True):
+                tasks.accumulate(task, interval, loss, output, y)
             state.step += 1
-            state.batch_in_epoch += 1
+            state.batch_in_epoch += len(group)
             if scheduler is not None and parts.scheduler_interval == "step":
-                scheduler.step()
+                step_in_epoch = -(-state.batch_in_epoch // per_step)
+                _step_per_batch(scheduler, state.epoch + (step_in_epoch - 1) / steps_per_epoch)
             if state.step % trainer.log_every_n_steps == 0:
-                _log_train(writer, interval_sums, optimizer, state.step)
-                interval_sums = new_sums(device)
+                _log_train(writer, task, interval, optimizer, state.step)
+                tasks.add(epoch_sums, interval)
+                interval = tasks.new_sums(task, device)
             if trainer.max_steps is not None and state.step >= trainer.max_steps:
                 break
-        _log_train(writer, interval_sums, optimizer, state.step)
+        _log_train(writer, task, interval, optimizer, state.step)
+        tasks.add(epoch_sums, interval)
         if state.batch_in_epoch == len(parts.train):
             state.epoch, state.batch_in_epoch = state.epoch + 1, 0
         finished = _finished(trainer, state)
 
         seconds = time.perf_counter() - start_time
         record: dict[str, Any] = {"epoch": state.epoch, "step": state.step}
-        record.update(summarize(epoch_sums, "train"))
+        record.update(tasks.summarize(task, epoch_sums, "train"))
         record["time/epoch_s"] = seconds
-        record["time/samples_per_s"] = epoch_sums["count"].item() / max(seconds, 1e-9)
+        record["time/samples_per_s"] = epoch_sums["n"].item() / max(seconds, 1e-9)
         if finished or state.epoch % trainer.val_every_epochs == 0:
-            record.update(evaluate(model, parts.val, parts.loss_fn, "val"))
+            with eval_weights(parts):
+                record.update(evaluate(model, parts.val, parts.loss_fn, task, "val"))
         improved = _track_best(trainer, state, record)
         if scheduler is not None and parts.scheduler_interval == "epoch":
-            scheduler.step()
+            _step_per_epoch(scheduler, record.get(trainer.monitor))
         state.history.append(record)
         state.train_s += time.perf_counter() - start_time
         # train/* went out with the last interval above; the epoch adds val/* and time/*.
-        metrics.log_scalars(
-            writer, {k: v for k, v in record.items() if k.startswith(("val/", "time/"))}, state.step
-        )
+        epoch_scalars = {k: v for k, v in record.items() if k.startswith(("val/", "time/"))}
+        metrics.log_scalars(writer, epoch_scalars, state.step)
         log.info(metrics.format_epoch(state.epoch, max_epochs, record))
 
         patience = trainer.early_stopping.patience
         if patience is not None and state.bad_validations >= patience:
             state.stopped_early = True
-            log.info(
-                f"early stopping: {trainer.monitor} has not improved for {patience} validations"
-            )
+            log.info(f"early stopping: {trainer.monitor} did not improve in {patience} validations")
         finished = finished or state.stopped_early
+        monitored = record.get(trainer.monitor)
         names = (
             ["last.pt"] if finished or state.epoch % trainer.checkpoint.every_n_epochs == 0 else []
         )
-        names += ["best.pt"] if improved else []
+        if improved and not parts.eval_with_average:
+            names.append("best.pt")  # the same bytes as last.pt: serialised once
         if names:
-            _save(ckpt, names, parts, state, record.get(trainer.monitor))
+            _save(ckpt, names, parts, state, monitored)
+        if improved and parts.eval_with_average:
+            with eval_weights(parts):  # best.pt holds the weights that were validated: `ax`
+                _save(ckpt, ["best.pt"], parts, state, monitored)
     return state
+
+
+@contextmanager
+def eval_weights(parts: Parts) -> Iterator[None]:
+    """With optimizer.eval_with_average (ASGD), swap in the averaged weights `ax` for the
+    duration; the raw weights come back afterwards and training continues from them."""
+    if not parts.eval_with_average:
+        yield
+        return
+    params = [p for g in parts.optimizer.param_groups for p in g["params"]]
+    raw = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        for p in params:
+            state = parts.optimizer.state.get(p, {})
+            if "ax" in state:
+                p.copy_(state["ax"])
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for p, r in zip(params, raw, strict=True):
+                p.copy_(r)
+
+
+def _groups(batches: Iterator[tuple[Tensor, Target]], size: int) -> Iterator[list]:
+    """Consecutive batches, `size` at a time (the last group of an epoch may be shorter)."""
+    group: list = []
+    for batch in batches:
+        group.append(batch)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+def _step_per_batch(scheduler: LRScheduler, fractional_epoch: float) -> None:
+    # CosineAnnealingWarmRestarts counts epochs: the torch docs step it each batch with the
+    # fractional epoch. Every other scheduler counts its calls.
+    if isinstance(scheduler, CosineAnnealingWarmRestarts):
+        scheduler.step(fractional_epoch)
+    else:
+        scheduler.step()
+
+
+def _step_per_epoch(scheduler: LRScheduler, monitored: float | None) -> None:
+    # ReduceLROnPlateau steps on the monitored metric, only after epochs that measured it.
+    if isinstance(scheduler, ReduceLROnPlateau):
+        if monitored is not None:
+            scheduler.step(monitored)
+    else:
+        scheduler.step()
 
 
 def _finished(trainer: DictConfig, state: LoopState) -> bool:
@@ -197,15 +259,20 @@ def _finished(trainer: DictConfig, state: LoopState) -> bool:
 
 
 def _log_train(
-    writer: SummaryWriter, sums: dict[str, Tensor], optimizer: Optimizer, step: int
+    writer: SummaryWriter,
+    task: Task,
+    sums: dict[str, Tensor],
+    optimizer: Optimizer,
+    step: int,
 ) -> None:
     """The train/* means since the last point, and each group's lr; stops a diverged run."""
-    scalars = summarize(sums, "train")
+    scalars = tasks.summarize(task, sums, "train")
     if not scalars:
         return
-    if not math.isfinite(scalars["train/loss"]):
+    loss = scalars["train/loss"]
+    if loss != loss or loss in (float("inf"), float("-inf")):
         raise Diverged(
-            f"train/loss is {scalars['train/loss']} at step {step}: lower optimizer.lr, or set "
+            f"train/loss is {loss} at step {step}: lower optimizer.lr, or set "
             "trainer.grad_clip_norm"
         )
     metrics.log_scalars(writer, scalars | metrics.lr_scalars(optimizer), step)
@@ -217,7 +284,7 @@ def _track_best(trainer: DictConfig, state: LoopState, record: dict[str, Any]) -
     if value is None:
         return False
     delta = trainer.early_stopping.min_delta
-    if trainer.mode == "min":
+    if monitor_mode(trainer) == "min":
         improved = state.best is None or value < state.best - delta
     else:
         improved = state.best is None or value > state.best + delta
@@ -232,9 +299,14 @@ def _track_best(trainer: DictConfig, state: LoopState, record: dict[str, Any]) -
 def _save(
     ckpt: Checkpointing, names: list[str], parts: Parts, state: LoopState, metric: float | None
 ) -> None:
-    loop_state = asdict(state)
     snapshot = checkpoint.state_dict(
-        parts.model, parts.optimizer, parts.scheduler, loop_state, ckpt.config, ckpt.environment
+        parts.model, parts.optimizer, parts.scheduler, asdict(state), ckpt.config, ckpt.environment
     )
     info = {"epoch": state.epoch, "step": state.step, "metric": metric}
     checkpoint.save(ckpt.directory, names, snapshot, info)
+
+
+def _detach(output: Any) -> Any:
+    if isinstance(output, dict):
+        return {k: v.detach() for k, v in output.items()}
+    return output.detach()

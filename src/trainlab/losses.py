@@ -1,9 +1,17 @@
-"""Losses torch lacks, or torch losses adapted to trainlab's tasks."""
+"""Losses torch lacks (Dice, a weighted multi-task sum, log-cosh as a custom autograd op), and
+torch's MSE adapted to class targets. Every loss returns the batch mean."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+
+from trainlab.errors import ConfigError
 
 
 class MSELoss(nn.MSELoss):
@@ -16,3 +24,76 @@ class MSELoss(nn.MSELoss):
         if not target.is_floating_point() and input.dim() == target.dim() + 1:
             target = F.one_hot(target, input.shape[-1]).to(input.dtype)
         return super().forward(input, target)
+
+
+class DiceLoss(nn.Module):
+    """1 - soft Dice coefficient over the batch, for segmentation logits of shape (N, C, ...).
+
+    One channel (C = 1): binary; sigmoid probabilities against a 0/1 mask (N, ...) or (N, 1, ...).
+    Several channels: softmax probabilities against class-index masks (N, ...), Dice per class,
+    averaged over the classes (without class 0 when include_background is false).
+    `eps` is added to numerator and denominator: it smooths the loss and defines empty masks.
+    """
+
+    def __init__(self, eps: float, include_background: bool) -> None:
+        super().__init__()
+        self.eps, self.include_background = eps, include_background
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        if input.shape[1] == 1:
+            prob = torch.sigmoid(input[:, 0])
+            true = target.reshape(prob.shape).to(prob.dtype)
+            dims: tuple[int, ...] = tuple(range(prob.dim()))
+        else:
+            prob = torch.softmax(input, dim=1)
+            true = F.one_hot(target, input.shape[1]).movedim(-1, 1).to(prob.dtype)
+            dims = (0, *range(2, prob.dim()))
+        inter = (prob * true).sum(dims)
+        dice = (2 * inter + self.eps) / (prob.sum(dims) + true.sum(dims) + self.eps)
+        if input.shape[1] > 1 and not self.include_background:
+            dice = dice[1:]
+        return 1 - dice.mean()
+
+
+class MultiTaskLoss(nn.Module):
+    """sum over heads of weights[head] * losses[head](output[head], target[head]); the model
+    returns a dict of named outputs and the dataset a dict of named targets."""
+
+    def __init__(self, losses: Mapping[str, nn.Module], weights: Mapping[str, float]) -> None:
+        super().__init__()
+        if set(weights) != set(losses):
+            raise ConfigError(
+                f"loss.weights names {sorted(weights)} but loss.losses names {sorted(losses)}: "
+                "give one weight per named loss"
+            )
+        self.losses = nn.ModuleDict(dict(losses))
+        self.weights = dict(weights)
+
+    def forward(self, output: Mapping[str, Tensor], target: Mapping[str, Any]) -> Tensor:
+        terms = [self.weights[k] * loss(output[k], target[k]) for k, loss in self.losses.items()]
+        return torch.stack(terms).sum()
+
+
+class _LogCosh(torch.autograd.Function):
+    """mean(log(cosh(input - target))) with a hand-written backward: d/dx = tanh(x - y) / n."""
+
+    @staticmethod
+    def forward(ctx: Any, input: Tensor, target: Tensor) -> Tensor:
+        diff = input - target
+        ctx.save_for_backward(diff)
+        a = diff.abs()
+        # log(cosh(d)) = |d| + log(1 + exp(-2|d|)) - log 2: no overflow for large |d|.
+        return (a + torch.log1p(torch.exp(-2 * a)) - math.log(2.0)).mean()
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor, Tensor]:
+        (diff,) = ctx.saved_tensors
+        grad = grad_output * torch.tanh(diff) / diff.numel()
+        return grad, -grad
+
+
+class LogCoshLoss(nn.Module):
+    """Log-cosh regression loss: ~ squared error near zero, ~ absolute error far away."""
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return _LogCosh.apply(input, target.reshape(input.shape).to(input.dtype))

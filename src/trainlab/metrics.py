@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import logging.handlers
 import math
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -76,3 +81,38 @@ def format_epoch(epoch: int, max_epochs: int | None, record: dict[str, float]) -
         if k.startswith(("train/", "val/")) and isinstance(v, float)
     ]
     return f"epoch {epoch}{total}  " + "  ".join(shown) + f"  {record['time/epoch_s']:.1f}s"
+
+
+@contextmanager
+def console_and_log_file(log_file: Path) -> Iterator[Callable[[], None]]:
+    """Console lines from the start; train.log (appended) once the run is accepted, with the
+    lines printed before that replayed into it. Yields the function that opens the file."""
+    logger = logging.getLogger("trainlab")
+    console = logging.StreamHandler(sys.stdout)
+    console.setFormatter(logging.Formatter("%(message)s"))
+    buffer = logging.handlers.MemoryHandler(capacity=10_000, flushLevel=logging.CRITICAL + 1)
+    saved = logger.level, logger.propagate
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # Hydra's root handler would print every line a second time
+    logger.addHandler(console)
+    logger.addHandler(buffer)
+    file_handler: logging.FileHandler | None = None
+
+    def start_log_file() -> None:
+        nonlocal file_handler
+        file_handler = logging.FileHandler(log_file, mode="a", encoding="utf-8")
+        file_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        buffer.setTarget(file_handler)
+        buffer.flush()
+        logger.removeHandler(buffer)
+        logger.addHandler(file_handler)
+
+    try:
+        yield start_log_file
+    finally:
+        for handler in (console, buffer, file_handler):
+            if handler is not None:
+                logger.removeHandler(handler)
+                handler.close()
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]

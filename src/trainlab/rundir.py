@@ -5,8 +5,10 @@ and claims the folder before Hydra creates it. No torch import.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
+import platform
 import socket
 import subprocess
 import sys
@@ -108,6 +110,33 @@ def git_state() -> dict[str, Any]:
     except (OSError, subprocess.SubprocessError):
         return {}
     return {"commit": commit, "dirty": dirty}
+
+
+def run_record(
+    name: str, seed: int, launch: dict[str, Any], environment: dict[str, Any], argv: list[str]
+) -> dict[str, Any]:
+    """run.json: how the run was launched and on what, enough to reproduce it."""
+    return {
+        "name": name,
+        "seed": seed,
+        "overrides": launch.get("overrides", []),
+        "choices": launch.get("choices", {}),
+        "versions": {"python": platform.python_version()} | {p: _version(p) for p in PACKAGES},
+        "git": git_state(),
+        "host": socket.gethostname(),
+        "environment": environment,
+        "attempts": [launch_record(argv)],
+    }
+
+
+PACKAGES = ("trainlab", "torch", "torchvision", "hydra-core", "omegaconf", "numpy", "tensorboard")
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def launch_record(argv: list[str]) -> dict[str, Any]:

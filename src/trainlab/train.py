@@ -8,15 +8,12 @@ behind; after that every outcome ends in status.json.
 from __future__ import annotations
 
 import logging
-import logging.handlers
 import math
 import os
 import platform
 import random
 import signal
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +23,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-import trainlab
 from trainlab import checkpoint, config, metrics, rundir
 from trainlab.build import build_loss, build_model, build_optimizer, build_scheduler
-from trainlab.data import Data, TensorBatches, build_data
-from trainlab.errors import ConfigError, Diverged, TrainlabError
-from trainlab.loop import Checkpointing, LoopState, Parts, evaluate, fit
+from trainlab.data import Data, build_data, make_batches
+from trainlab.errors import ConfigError, Diverged, TrainlabError, first_line
+from trainlab.loop import Checkpointing, LoopState, Parts, eval_weights, evaluate, fit
+from trainlab.tasks import Task
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +37,11 @@ def hydra_task(cfg: DictConfig) -> float | None:
     """The body of each `trainlab train` job; returns the best monitored value (for sweepers)."""
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
     # paths.* are relative to the launch folder; config.yaml must say the same thing to a
     # `trainlab resume` started anywhere else.
     for key in cfg.paths:
         cfg.paths[key] = str(Path(cfg.paths[key]).resolve())
-    multirun = hydra_cfg.mode == RunMode.MULTIRUN
     launch = {
         "overrides": list(hydra_cfg.overrides.task),
         "choices": {
@@ -65,9 +62,8 @@ def resume(run_dir: Path, argv: list[str]) -> int:
     try:
         cfg = config.load_run_config(run_dir)
         config.check(cfg)
-        status = (
-            rundir.read_json(run_dir / "status.json") if (run_dir / "status.json").is_file() else {}
-        )
+        status_file = run_dir / "status.json"
+        status = rundir.read_json(status_file) if status_file.is_file() else {}
         if status.get("status") == "completed":
             print(f"{run_dir}: the run completed already; nothing to resume")
             return 0
@@ -87,7 +83,7 @@ def run(
 ) -> dict[str, Any]:
     """Train, test and record one run in `run_dir`; returns what metrics.json holds."""
     argv = list(sys.argv if argv is None else argv)
-    with _logging(run_dir / "train.log") as start_log_file:
+    with metrics.console_and_log_file(run_dir / "train.log") as start_log_file:
         # ---- setup: build everything; nothing is written yet ----
         try:
             device = _setup_torch(cfg.trainer)
@@ -105,13 +101,12 @@ def run(
             raise
 
         # ---- the run is accepted: from here on it writes its folder ----
-        resolved = OmegaConf.to_container(cfg, resolve=True)
         if resume:
             record = rundir.read_json(run_dir / "run.json")
             record["attempts"].append(rundir.launch_record(argv))
         else:
             OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-            record = _run_record(cfg, launch or {}, environment, argv)
+            record = rundir.run_record(cfg.name, cfg.seed, launch or {}, environment, argv)
         rundir.write_json(run_dir / "run.json", record)
         start_log_file()
         rundir.write_status(run_dir, "running")
@@ -121,6 +116,7 @@ def run(
         try:
             if not resume:
                 metrics.log_config(writer, cfg)
+            resolved = OmegaConf.to_container(cfg, resolve=True)
             ckpt = Checkpointing(run_dir / "checkpoints", resolved, environment)
             state = fit(cfg.trainer, parts, state, writer, ckpt)
             results = _test_and_record(cfg, run_dir, parts, data, state, record, writer)
@@ -133,7 +129,7 @@ def run(
             log.info(f"interrupted; continue with: trainlab resume {run_dir}")
             raise SystemExit(128 + signal.SIGINT) from None
         except BaseException as e:
-            rundir.write_status(run_dir, "failed", f"{e.__class__.__name__}: {_first_line(e)}")
+            rundir.write_status(run_dir, "failed", f"{e.__class__.__name__}: {first_line(e)}")
             raise
         finally:
             writer.close()
@@ -172,20 +168,28 @@ def _build_parts(cfg: DictConfig, data: Data, device: torch.device) -> Parts:
     model = build_model(cfg.model).to(device)
     loss_fn = build_loss(cfg.loss).to(device)
     optimizer = build_optimizer(cfg.optimizer, model)  # after .to(device): it holds the params
-    train = TensorBatches(data.train, cfg.trainer.batch_size, shuffle=True, seed=cfg.seed)
-    val = TensorBatches(data.val, cfg.trainer.batch_size, shuffle=False, seed=cfg.seed)
+    t, workers = cfg.trainer, cfg.dataset.get("num_workers", 0)
+    train = make_batches(data.train, t.batch_size, True, cfg.seed, device, workers)
+    val = make_batches(data.val, t.batch_size, False, cfg.seed, device, workers)
     interval = cfg.scheduler.interval
-    scheduler = build_scheduler(
-        cfg.scheduler, optimizer, _run_length(cfg.trainer, len(train), interval)
-    )
-    return Parts(model, loss_fn, optimizer, scheduler, interval, train, val)
+    total = _run_length(t, math.ceil(len(train) / t.accumulate_grad_batches), interval)
+    scheduler = build_scheduler(cfg.scheduler, optimizer, total, config.monitor_mode(t))
+    average = bool(cfg.optimizer.get("eval_with_average", False))
+    task = Task.from_config(cfg.dataset)
+    return Parts(model, loss_fn, optimizer, scheduler, interval, task, train, val, average)
+
+
+def _run_length(trainer: DictConfig, steps_per_epoch: int, interval: str) -> int:
+    """How many times a scheduler with this interval steps in the whole run."""
+    steps = trainer.max_steps or trainer.max_epochs * steps_per_epoch
+    return steps if interval == "step" else math.ceil(steps / steps_per_epoch)
 
 
 def _preflight(cfg: DictConfig, parts: Parts) -> None:
     """One forward pass and loss on two training samples, so a model that does not fit the data
     or the loss fails now, naming keys, rather than as a torch error mid-run. It leaves the
     model, its buffers and every random stream as they were."""
-    x, y = parts.train.split.x[:2], parts.train.split.y[:2]
+    x, y = parts.train.sample(2)
     model = parts.model
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         model.eval()
@@ -195,38 +199,53 @@ def _preflight(cfg: DictConfig, parts: Parts) -> None:
             shape = list(cfg.dataset.input_shape)
             raise ConfigError(
                 f"model={cfg.model._target_}: fails on samples of dataset.input_shape={shape}: "
-                + _first_line(e)
+                + first_line(e)
             ) from e
         finally:
             model.train()
-        classes = cfg.dataset.num_classes
-        if cfg.dataset.task == "classification" and list(output.shape) != [2, classes]:
-            raise ConfigError(
-                f"model: gives outputs of shape {list(output.shape[1:])} per sample but "
-                f"dataset.num_classes={classes}; the model's last layer must have {classes} outputs"
-            )
+        _check_output(cfg.dataset, output, "dataset")
         try:
             loss = parts.loss_fn(output, y)
         except Exception as e:
             raise ConfigError(
                 f"loss={cfg.loss._target_}: cannot compare the model's outputs "
-                f"{list(output.shape)} with the targets {list(y.shape)} ({y.dtype}): "
-                + _first_line(e)
+                f"{_shapes(output)} with the targets {_shapes(y)}: " + first_line(e)
             ) from e
-        if loss.dim() != 0:
+    if loss.dim() != 0:
+        raise ConfigError(f"loss={cfg.loss._target_}: must return one number, not {_shapes(loss)}")
+    if isinstance(parts.loss_fn, torch.nn.NLLLoss) and not torch.allclose(
+        output.exp().sum(1), torch.ones((), device=output.device), atol=1e-3
+    ):
+        raise ConfigError(
+            "loss=nll takes log-probabilities, but the model's outputs are not (exp does not sum "
+            "to 1); end the model with a LogSoftmax layer (see experiment=mnist1d_nll) or use "
+            "loss=cross_entropy"
+        )
+
+
+def _check_output(dataset: DictConfig, output: Any, key: str) -> None:
+    """The model's output has the shape the dataset's targets need."""
+    if dataset.task == "multitask":
+        if not isinstance(output, dict) or set(output) != set(dataset.heads):
             raise ConfigError(
-                f"loss={cfg.loss._target_}: must return one number, not {list(loss.shape)}"
+                f"model: returns {_shapes(output)}, but dataset.heads names "
+                f"{', '.join(dataset.heads)}: a multi-task model returns one output per head"
             )
+        for head, spec in dataset.heads.items():
+            _check_output(spec, output[head], f"{key}.heads.{head}")
+        return
+    width = output.shape[1] if isinstance(output, torch.Tensor) and output.dim() > 1 else None
+    if width != dataset.num_outputs:
+        raise ConfigError(
+            f"model: gives outputs of shape {_shapes(output)} but {key}.num_outputs="
+            f"{dataset.num_outputs}; the model's last layer must have {dataset.num_outputs} outputs"
+        )
 
 
-def _first_line(error: BaseException) -> str:
-    return f"{error}".strip().splitlines()[0] if str(error).strip() else error.__class__.__name__
-
-
-def _run_length(trainer: DictConfig, steps_per_epoch: int, interval: str) -> int:
-    """How many times a scheduler with this interval steps in the whole run."""
-    steps = trainer.max_steps or trainer.max_epochs * steps_per_epoch
-    return steps if interval == "step" else math.ceil(steps / steps_per_epoch)
+def _shapes(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _shapes(v) for k, v in value.items()}
+    return list(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
 
 
 def _restore(run_dir: Path, parts: Parts, environment: dict[str, Any]) -> LoopState:
@@ -243,49 +262,19 @@ def _restore(run_dir: Path, parts: Parts, environment: dict[str, Any]) -> LoopSt
 
 
 def _environment(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
+    if device.type == "cuda":
+        name = f"{device} ({torch.cuda.get_device_name(device)})"
+    else:
+        name = f"cpu ({platform.processor() or platform.machine()})"
     return {
         "torch": str(torch.__version__),  # TorchVersion is not a plain str: weights_only refuses it
         "num_threads": torch.get_num_threads(),
         "device": str(device),
+        "device_name": name,
         "precision": "fp32",
         "world_size": 1,
         "deterministic": cfg.trainer.deterministic,
     }
-
-
-def _run_record(
-    cfg: DictConfig, launch: dict[str, Any], environment: dict[str, Any], argv: list[str]
-) -> dict[str, Any]:
-    import hydra
-    import omegaconf
-    import torchvision
-
-    return {
-        "name": cfg.name,
-        "seed": cfg.seed,
-        "overrides": launch.get("overrides", []),
-        "choices": launch.get("choices", {}),
-        "versions": {
-            "trainlab": trainlab.__version__,
-            "python": platform.python_version(),
-            "torch": str(torch.__version__),
-            "torchvision": str(torchvision.__version__),
-            "hydra": hydra.__version__,
-            "omegaconf": omegaconf.__version__,
-            "numpy": np.__version__,
-        },
-        "git": rundir.git_state(),
-        "host": platform.node(),
-        "device": _device_name(torch.device(environment["device"])),
-        "environment": environment,
-        "attempts": [rundir.launch_record(argv)],
-    }
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{device} ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def _test_and_record(
@@ -300,13 +289,18 @@ def _test_and_record(
     """Test the best checkpoint once, then write metrics.json and the hparams."""
     best = checkpoint.load(run_dir / "checkpoints" / "best.pt", map_location="cpu")
     checkpoint.unwrap(parts.model).load_state_dict(best["model"])
-    test_batches = TensorBatches(data.test, cfg.trainer.batch_size, shuffle=False, seed=cfg.seed)
-    test = evaluate(parts.model, test_batches, parts.loss_fn, "test")
+    workers = cfg.dataset.get("num_workers", 0)
+    device = parts.train.device
+    test_batches = make_batches(data.test, cfg.trainer.batch_size, False, cfg.seed, device, workers)
+    # best.pt already holds the weights that were validated (the ASGD average, if asked for).
+    parts.eval_with_average = False
+    with eval_weights(parts):
+        test = evaluate(parts.model, test_batches, parts.loss_fn, parts.task, "test")
     best_record = next(r for r in state.history if r["step"] == state.best_step)
     validated = [r for r in state.history if any(k.startswith("val/") for k in r)]
     results = {
         "monitor": cfg.trainer.monitor,
-        "mode": cfg.trainer.mode,
+        "mode": config.monitor_mode(cfg.trainer),
         "best": best_record,
         "final": validated[-1],
         "test": test,
@@ -325,12 +319,9 @@ def _test_and_record(
 
 
 def _print_summary(run_dir: Path, results: dict[str, Any]) -> None:
-    test = "  ".join(f"{k} {v:.4f}" for k, v in results["test"].items())
-    best = results["best"]
-    log.info(
-        f"test (best.pt, epoch {best['epoch']}, {results['monitor']} "
-        f"{best[results['monitor']]:.4f}): {test}"
-    )
+    test = "  ".join(f"{k} {v:.4f}" for k, v in results["test"].items() if not _per_label(k))
+    best, monitor = results["best"], results["monitor"]
+    log.info(f"test (best.pt, epoch {best['epoch']}, {monitor} {best[monitor]:.4f}): {test}")
     log.info(
         f"trained {results['epochs']} epochs, {results['steps']} steps in {results['train_s']:.1f}s"
     )
@@ -338,36 +329,5 @@ def _print_summary(run_dir: Path, results: dict[str, Any]) -> None:
     log.info(f"tensorboard: tensorboard --logdir {run_dir / 'tb'}")
 
 
-@contextmanager
-def _logging(log_file: Path) -> Iterator[Callable[[], None]]:
-    """Console lines from the start; train.log (appended) once the run is accepted, with the
-    lines printed before that replayed into it. Yields the function that opens the file."""
-    logger = logging.getLogger("trainlab")
-    console = logging.StreamHandler(sys.stdout)
-    console.setFormatter(logging.Formatter("%(message)s"))
-    buffer = logging.handlers.MemoryHandler(capacity=10_000, flushLevel=logging.CRITICAL + 1)
-    saved = logger.level, logger.propagate
-    logger.setLevel(logging.INFO)
-    logger.propagate = False  # Hydra's root handler would print every line a second time
-    logger.addHandler(console)
-    logger.addHandler(buffer)
-    file_handler: logging.FileHandler | None = None
-
-    def start_log_file() -> None:
-        nonlocal file_handler
-        file_handler = logging.FileHandler(log_file, mode="a", encoding="utf-8")
-        file_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-        buffer.setTarget(file_handler)
-        buffer.flush()
-        logger.removeHandler(buffer)
-        logger.addHandler(file_handler)
-
-    try:
-        yield start_log_file
-    finally:
-        for handler in (console, buffer, file_handler):
-            if handler is not None:
-                logger.removeHandler(handler)
-                handler.close()
-        logger.setLevel(saved[0])
-        logger.propagate = saved[1]
+def _per_label(key: str) -> bool:
+    return key.rpartition("_")[2].isdigit()
