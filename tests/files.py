@@ -22,7 +22,9 @@ def write_mnist(raw: Path, n_train: int, n_test: int, seed: int = 0) -> None:
         (raw / f"{prefix}-images-idx3-ubyte").write_bytes(
             struct.pack(">IIII", 2051, n, 28, 28) + images.tobytes()
         )
-        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, n) + labels.tobytes())
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(
+            struct.pack(">II", 2049, n) + labels.tobytes()
+        )
 
 
 def write_cifar(folder: Path, per_batch: int, seed: int = 0) -> None:

@@ -19,7 +19,12 @@ from trainlab.cli import CONF_DIR
 
 OPTIONS = sorted(p for p in CONF_DIR.rglob("*.yaml") if p.parent != CONF_DIR)
 
-SMALL_FAKE = ["dataset=fake", "dataset.num_train=48", "dataset.num_test=16", "trainer.batch_size=16"]
+SMALL_FAKE = [
+    "dataset=fake",
+    "dataset.num_train=48",
+    "dataset.num_test=16",
+    "trainer.batch_size=16",
+]
 # What an option needs beside it; by option id (group/option).
 NEEDS = {
     "model/cnn": ["dataset=digits"],
@@ -74,6 +79,8 @@ def test_every_option_trains_a_few_steps(path, make_cfg, tmp_path):
     assert all(math.isfinite(r["train/loss"]) for r in history)
     assert all(math.isfinite(v) for v in results["test"].values())
     final = checkpoint.load(run_dir / "checkpoints" / "last.pt")["model"]
-    changed = [k for k, v in initial.items() if v.is_floating_point() and not torch.equal(v, final[k])]
+    changed = [
+        k for k, v in initial.items() if v.is_floating_point() and not torch.equal(v, final[k])
+    ]
     assert changed, "no parameter changed"
     assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"

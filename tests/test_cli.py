@@ -50,7 +50,9 @@ def test_help_and_cfg_answer_without_importing_torch():
     help_text = subprocess.run(
         [sys.executable, "-c", code, "train", "--help"], capture_output=True, text=True
     ).stdout
-    assert "model: cnn, cnn1d, fcn, gru, lenet, mlp, multihead, sequential, torchvision" in help_text
+    assert (
+        "model: cnn, cnn1d, fcn, gru, lenet, mlp, multihead, sequential, torchvision" in help_text
+    )
     assert "scheduler: cosine, cosine_warm_restarts, exponential, lambda_warmup" in help_text
 
 

@@ -10,8 +10,8 @@ import torch
 
 from trainlab.data import Split, TensorBatches, build_data, validation_indices
 from trainlab.datasets import digits
-from trainlab.synthetic import mnist1d
 from trainlab.errors import DataError
+from trainlab.synthetic import mnist1d
 
 
 def test_mnist1d_has_the_papers_shape_and_is_cached(data_dir):

@@ -94,20 +94,27 @@ def test_tensorboard_gets_the_promised_tags_config_and_hparams(make_cfg, tmp_pat
 RESUMABLE = [
     "model=mlp",
     "model.dropout=0.3",  # dropout draws from the global RNG: resume must restore it
-    "scheduler=cosine",
-    "scheduler.interval=step",
     "trainer.max_epochs=4",
 ]
+# Stateful schedulers, including the ones whose state is a callable or a metric history.
+SCHEDULES = {
+    "cosine_per_step": ["scheduler=cosine", "scheduler.interval=step"],
+    "lambda_warmup": ["scheduler=lambda_warmup", "scheduler.warmup_steps=50"],
+    "plateau": ["scheduler=plateau", "scheduler.patience=0"],
+    "warm_restarts_asgd": ["scheduler=cosine_warm_restarts", "scheduler.T_0=2",
+                           "optimizer=asgd", "optimizer.t0=10"],
+}  # fmt: skip
 
 
 def untimed(history: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in history]
 
 
+@pytest.mark.parametrize("schedule", SCHEDULES)
 def test_resume_at_an_epoch_boundary_equals_the_straight_run_bitwise(
-    make_cfg, tmp_path, monkeypatch
+    make_cfg, tmp_path, monkeypatch, schedule
 ):
-    cfg = make_cfg(*RESUMABLE)
+    cfg = make_cfg(*RESUMABLE, *SCHEDULES[schedule])
     straight = start(cfg, tmp_path, "straight")
     train.run(cfg, straight, launch=LAUNCH)
 

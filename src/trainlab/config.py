@@ -236,9 +236,10 @@ def _check_loss(loss: DictConfig, dataset: DictConfig, key: str) -> None:
         unit = "output" if per_output or name == "pos_weight" else "class"
         width = dataset.num_outputs if unit == "output" else dataset.get("num_classes")
         if value is not None and width is not None and len(value) != width:
+            units = "classes" if unit == "class" else "outputs"
             raise ConfigError(
-                f"{key}.{name} has {len(value)} values but the dataset has {width} {unit}s "
-                f"(dataset.num_{unit}s); give one per {unit}"
+                f"{key}.{name} has {len(value)} values but the dataset has {width} {units} "
+                f"(dataset.num_{units}); give one per {unit}"
             )
     smoothing = loss.get("label_smoothing")
     if smoothing is not None and not 0.0 <= smoothing < 1.0:

@@ -190,6 +190,9 @@ class LoaderBatches:
             num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,  # a fresh worker pool per epoch sees the new epoch
+            # Each iterator draws a base seed; from its own generator, not the global one, so
+            # loading never moves the stream that dropout and the like draw from.
+            generator=torch.Generator().manual_seed(epoch_seed(self.seed, epoch)),
         )
         for x, y in loader:
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)

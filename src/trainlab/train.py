@@ -203,7 +203,7 @@ def _preflight(cfg: DictConfig, parts: Parts) -> None:
             ) from e
         finally:
             model.train()
-        _check_output(cfg.dataset, output, "dataset")
+        _check_output(cfg.dataset, output, y, "dataset")
         try:
             loss = parts.loss_fn(output, y)
         except Exception as e:
@@ -223,7 +223,7 @@ def _preflight(cfg: DictConfig, parts: Parts) -> None:
         )
 
 
-def _check_output(dataset: DictConfig, output: Any, key: str) -> None:
+def _check_output(dataset: DictConfig, output: Any, y: Any, key: str) -> None:
     """The model's output has the shape the dataset's targets need."""
     if dataset.task == "multitask":
         if not isinstance(output, dict) or set(output) != set(dataset.heads):
@@ -232,7 +232,16 @@ def _check_output(dataset: DictConfig, output: Any, key: str) -> None:
                 f"{', '.join(dataset.heads)}: a multi-task model returns one output per head"
             )
         for head, spec in dataset.heads.items():
-            _check_output(spec, output[head], f"{key}.heads.{head}")
+            _check_output(spec, output[head], y[head], f"{key}.heads.{head}")
+        return
+    if dataset.task == "segmentation":
+        want = [y.shape[0], dataset.num_outputs, *y.shape[1:]]
+        if _shapes(output) != want:
+            raise ConfigError(
+                f"model: gives outputs of shape {_shapes(output)} but segmentation needs {want} "
+                f"(one score per class per pixel, {key}.num_outputs={dataset.num_outputs}); use a "
+                "fully convolutional model such as model=fcn"
+            )
         return
     width = output.shape[1] if isinstance(output, torch.Tensor) and output.dim() > 1 else None
     if width != dataset.num_outputs:

@@ -1,0 +1,135 @@
+"""Custom losses are correct (gradcheck, hand-computed values) and mismatches fail early,
+naming the key."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.autograd import gradcheck
+
+from trainlab import config, rundir, train
+from trainlab.errors import ConfigError, DataError
+from trainlab.losses import DiceLoss, LogCoshLoss, MSELoss, MultiTaskLoss, _LogCosh
+
+
+def f64(*shape, requires_grad=True):
+    return torch.randn(*shape, dtype=torch.float64, requires_grad=requires_grad)
+
+
+def test_log_cosh_backward_passes_gradcheck():
+    x, y = f64(4, 3), f64(4, 3)
+    assert gradcheck(_LogCosh.apply, (x, y))
+    # Large errors neither overflow nor lose the gradient's sign.
+    big = torch.tensor([300.0, -300.0], dtype=torch.float64, requires_grad=True)
+    loss = LogCoshLoss()(big, torch.zeros(2, dtype=torch.float64))
+    loss.backward()
+    assert torch.isfinite(loss) and torch.allclose(
+        big.grad, torch.tensor([0.5, -0.5], dtype=torch.float64)
+    )
+
+
+def test_log_cosh_value_is_log_of_cosh():
+    x, y = torch.tensor([0.5, -1.0, 2.0]), torch.tensor([0.0, 0.0, 1.0])
+    expected = torch.log(torch.cosh(x - y)).mean()
+    assert torch.allclose(LogCoshLoss()(x, y), expected)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_dice_passes_gradcheck(channels):
+    torch.manual_seed(0)
+    logits = f64(2, channels, 4, 4)
+    target = torch.randint(0, max(channels, 2), (2, 4, 4))
+    loss = DiceLoss(eps=1.0, include_background=True)
+    assert gradcheck(lambda t: loss(t, target), (logits,))
+
+
+def test_multi_task_and_one_hot_mse_pass_gradcheck():
+    loss = MultiTaskLoss(
+        {"label": torch.nn.CrossEntropyLoss(), "value": MSELoss()}, {"label": 1.0, "value": 0.5}
+    )
+    label, value = f64(5, 3), f64(5, 1)
+    targets = {"label": torch.tensor([0, 1, 2, 1, 0]), "value": f64(5, 1, requires_grad=False)}
+    assert gradcheck(lambda a, b: loss({"label": a, "value": b}, targets), (label, value))
+    assert gradcheck(lambda a: MSELoss()(a, torch.tensor([0, 2, 1])), (f64(3, 3),))
+
+
+def test_dice_matches_hand_computed_values():
+    # Binary: logits 0 -> p = 0.5 everywhere; mask has 2 of 4 pixels on.
+    # intersection 1.0, sum p 2.0, sum mask 2; dice (2*1 + 1)/(2 + 2 + 1) = 0.6 -> loss 0.4.
+    binary = DiceLoss(eps=1.0, include_background=True)
+    mask = torch.tensor([[[1, 0], [1, 0]]])
+    assert binary(torch.zeros(1, 1, 2, 2), mask).item() == pytest.approx(0.4)
+    # Multi-class, confident logits: class 0 predicted on pixel 0 (true 0), class 1 on pixels
+    # 1-3 (true 1, 1, 0). Per class with eps 0: class 0: 2*1/(1+2) = 2/3; class 1: 2*2/(3+2) = 0.8.
+    logits = torch.full((1, 2, 1, 4), -50.0)
+    logits[0, 0, 0, 0] = logits[0, 1, 0, 1:] = 50.0
+    target = torch.tensor([[[0, 1, 1, 0]]])
+    both = DiceLoss(eps=0.0, include_background=True)(logits, target)
+    assert both.item() == pytest.approx(1 - (2 / 3 + 0.8) / 2, abs=1e-6)
+    foreground = DiceLoss(eps=0.0, include_background=False)(logits, target)
+    assert foreground.item() == pytest.approx(1 - 0.8, abs=1e-6)
+
+
+def test_hinge_matches_hand_computed_value():
+    # sum over i != y of max(0, margin - x[y] + x[i]) / C
+    # = ((1 - 0.8 + 0.1) + (1 - 0.8 + 0.2) + (1 - 0.8 + 0.4)) / 4 = 0.325
+    scores, target = torch.tensor([[0.1, 0.2, 0.4, 0.8]]), torch.tensor([3])
+    assert torch.nn.MultiMarginLoss(p=1, margin=1.0)(scores, target).item() == pytest.approx(0.325)
+    # p = 2: squared terms, (0.09 + 0.16 + 0.36) / 4
+    assert torch.nn.MultiMarginLoss(p=2)(scores, target).item() == pytest.approx(0.1525)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["loss=l1"], "loss=l1 fits regression targets, but dataset.task=classification; use"),
+        (["experiment=regression", "loss=cross_entropy"],
+         "loss=cross_entropy fits classification or segmentation targets, but dataset.task="
+         "regression"),
+        (["experiment=binary", "loss=soft_margin"],
+         "dataset.negative_label=0.0: loss=soft_margin needs targets in {-1, 1}"),
+        (["experiment=multilabel", "loss.pos_weight=[1.0,2.0]"],
+         "loss.pos_weight has 2 values but the dataset has 5 outputs"),
+        (["loss.weight=[1.0,2.0,3.0]"], "loss.weight has 3 values but the dataset has 10 classes"),
+        (["loss.reduction=sum"], "loss.reduction=sum: must be mean"),
+        (["experiment=multitask", "loss.losses.value._target_=torch.nn.CrossEntropyLoss"],
+         "loss.losses.value=cross_entropy fits classification or segmentation targets, but "
+         "dataset.task=regression"),
+        (["experiment=regression", "trainer.monitor=val/acc"],
+         "trainer.monitor=val/acc: dataset.task=regression reports val/loss, val/rmse, val/mae"),
+        (["scheduler=plateau", "scheduler.interval=step"],
+         "scheduler.interval=step: plateau steps on the monitored metric"),
+    ],
+)  # fmt: skip
+def test_a_loss_that_does_not_fit_fails_at_check_naming_the_key(make_cfg, overrides, message):
+    with pytest.raises(ConfigError) as info:
+        config.check(make_cfg(*overrides))
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error", "message"),
+    [
+        (["model=mlp", "model.num_outputs=4"], ConfigError,
+         "model: gives outputs of shape [2, 4] but dataset.num_outputs=10"),
+        (["loss=nll"], ConfigError, "loss=nll takes log-probabilities"),
+        (["experiment=segmentation", "model=mlp"], ConfigError,
+         "model: gives outputs of shape [2, 3] but segmentation needs [2, 3, 16, 16]"),
+        (["experiment=multitask", "model=mlp", "model.num_outputs=3"], ConfigError,
+         "a multi-task model returns one output per head"),
+        (["dataset=digits", "dataset.num_classes=8", "model=mlp"], DataError,
+         "dataset.num_classes=8: the train labels run from 0 to 9; set dataset.num_classes=10"),
+        (["experiment=binary", "dataset.num_outputs=2"], DataError,
+         "dataset.num_outputs=2: the train targets have 1 values per sample"),
+    ],
+)  # fmt: skip
+def test_mismatches_found_while_building_fail_before_training(
+    make_cfg, tmp_path, overrides, error, message
+):
+    cfg = make_cfg(*overrides)
+    config.check(cfg)  # passes: only building the parts shows the mismatch
+    run_dir = rundir.claim(tmp_path / "run")
+    with pytest.raises(error) as info:
+        train.run(cfg, run_dir, launch=None)
+    assert message in str(info.value)
+    assert not run_dir.exists()
