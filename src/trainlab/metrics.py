@@ -72,13 +72,18 @@ def log_hparams(
         writer.file_writer.add_summary(summary, step)
 
 
+def per_label(key: str) -> bool:
+    """f1_3 and the like: kept in the records and TensorBoard, left off the console."""
+    return key.rpartition("_")[2].isdigit()
+
+
 def format_epoch(epoch: int, max_epochs: int | None, record: dict[str, float]) -> str:
     """One console line per epoch: the metrics, then the time."""
     total = f"/{max_epochs}" if max_epochs else ""
     shown = [
         f"{k} {v:.4f}"
         for k, v in record.items()
-        if k.startswith(("train/", "val/")) and isinstance(v, float)
+        if k.startswith(("train/", "val/")) and isinstance(v, float) and not per_label(k)
     ]
     return f"epoch {epoch}{total}  " + "  ".join(shown) + f"  {record['time/epoch_s']:.1f}s"
 

@@ -28,6 +28,8 @@ from trainlab.build import build_loss, build_model, build_optimizer, build_sched
 from trainlab.data import Data, build_data, make_batches
 from trainlab.errors import ConfigError, Diverged, TrainlabError, first_line
 from trainlab.loop import Checkpointing, LoopState, Parts, eval_weights, evaluate, fit
+from trainlab.metrics import per_label
+from trainlab.preflight import preflight
 from trainlab.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -89,7 +91,7 @@ def run(
             device = _setup_torch(cfg.trainer)
             data = build_data(cfg.dataset, device)
             parts = _build_parts(cfg, data, device)
-            _preflight(cfg, parts)
+            preflight(cfg, parts)
             state, environment = LoopState(), _environment(cfg, device)
             if resume:
                 state = _restore(run_dir, parts, environment)
@@ -185,78 +187,6 @@ def _run_length(trainer: DictConfig, steps_per_epoch: int, interval: str) -> int
     return steps if interval == "step" else math.ceil(steps / steps_per_epoch)
 
 
-def _preflight(cfg: DictConfig, parts: Parts) -> None:
-    """One forward pass and loss on two training samples, so a model that does not fit the data
-    or the loss fails now, naming keys, rather than as a torch error mid-run. It leaves the
-    model, its buffers and every random stream as they were."""
-    x, y = parts.train.sample(2)
-    model = parts.model
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
-        model.eval()
-        try:
-            output = model(x)
-        except Exception as e:
-            shape = list(cfg.dataset.input_shape)
-            raise ConfigError(
-                f"model={cfg.model._target_}: fails on samples of dataset.input_shape={shape}: "
-                + first_line(e)
-            ) from e
-        finally:
-            model.train()
-        _check_output(cfg.dataset, output, y, "dataset")
-        try:
-            loss = parts.loss_fn(output, y)
-        except Exception as e:
-            raise ConfigError(
-                f"loss={cfg.loss._target_}: cannot compare the model's outputs "
-                f"{_shapes(output)} with the targets {_shapes(y)}: " + first_line(e)
-            ) from e
-    if loss.dim() != 0:
-        raise ConfigError(f"loss={cfg.loss._target_}: must return one number, not {_shapes(loss)}")
-    if isinstance(parts.loss_fn, torch.nn.NLLLoss) and not torch.allclose(
-        output.exp().sum(1), torch.ones((), device=output.device), atol=1e-3
-    ):
-        raise ConfigError(
-            "loss=nll takes log-probabilities, but the model's outputs are not (exp does not sum "
-            "to 1); end the model with a LogSoftmax layer (see experiment=mnist1d_nll) or use "
-            "loss=cross_entropy"
-        )
-
-
-def _check_output(dataset: DictConfig, output: Any, y: Any, key: str) -> None:
-    """The model's output has the shape the dataset's targets need."""
-    if dataset.task == "multitask":
-        if not isinstance(output, dict) or set(output) != set(dataset.heads):
-            raise ConfigError(
-                f"model: returns {_shapes(output)}, but dataset.heads names "
-                f"{', '.join(dataset.heads)}: a multi-task model returns one output per head"
-            )
-        for head, spec in dataset.heads.items():
-            _check_output(spec, output[head], y[head], f"{key}.heads.{head}")
-        return
-    if dataset.task == "segmentation":
-        want = [y.shape[0], dataset.num_outputs, *y.shape[1:]]
-        if _shapes(output) != want:
-            raise ConfigError(
-                f"model: gives outputs of shape {_shapes(output)} but segmentation needs {want} "
-                f"(one score per class per pixel, {key}.num_outputs={dataset.num_outputs}); use a "
-                "fully convolutional model such as model=fcn"
-            )
-        return
-    width = output.shape[1] if isinstance(output, torch.Tensor) and output.dim() > 1 else None
-    if width != dataset.num_outputs:
-        raise ConfigError(
-            f"model: gives outputs of shape {_shapes(output)} but {key}.num_outputs="
-            f"{dataset.num_outputs}; the model's last layer must have {dataset.num_outputs} outputs"
-        )
-
-
-def _shapes(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _shapes(v) for k, v in value.items()}
-    return list(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-
-
 def _restore(run_dir: Path, parts: Parts, environment: dict[str, Any]) -> LoopState:
     ckpt = checkpoint.load(run_dir / "checkpoints" / "last.pt", map_location="cpu")
     saved = ckpt["environment"]
@@ -328,7 +258,7 @@ def _test_and_record(
 
 
 def _print_summary(run_dir: Path, results: dict[str, Any]) -> None:
-    test = "  ".join(f"{k} {v:.4f}" for k, v in results["test"].items() if not _per_label(k))
+    test = "  ".join(f"{k} {v:.4f}" for k, v in results["test"].items() if not per_label(k))
     best, monitor = results["best"], results["monitor"]
     log.info(f"test (best.pt, epoch {best['epoch']}, {monitor} {best[monitor]:.4f}): {test}")
     log.info(
@@ -336,7 +266,3 @@ def _print_summary(run_dir: Path, results: dict[str, Any]) -> None:
     )
     log.info(f"outputs:     {run_dir}")
     log.info(f"tensorboard: tensorboard --logdir {run_dir / 'tb'}")
-
-
-def _per_label(key: str) -> bool:
-    return key.rpartition("_")[2].isdigit()
