@@ -1,4 +1,5 @@
-"""The checkpoint dict: plain types, atomic writes, hash-checked weights_only loads, RNG."""
+"""Checkpoint files: plain types, atomic writes committed by the manifest, rotation, verified
+loads that fall back past a bad file, refusal of anything that is not ours, full disks."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import json
 import os
 import pickle
 import random
+import subprocess
+import sys
+import textwrap
 from collections import OrderedDict
 
 import numpy as np
@@ -15,10 +19,11 @@ import torch
 from torch import nn
 
 from trainlab import checkpoint
-from trainlab.checkpoint import CheckpointError
+from trainlab.checkpoint import CheckpointError, CheckpointSaveError, Policy
 
 # What torch.load(weights_only=True) reads without an allowlist (state_dict() is an OrderedDict).
 PLAIN = (dict, OrderedDict, list, tuple, str, int, float, bool, type(None), torch.Tensor)
+KEEP = Policy(keep_last=2, top_k=1)
 
 
 def parts(seed: int = 0):
@@ -38,10 +43,19 @@ def train_a_little(model, optimizer, scheduler, steps=3):
         scheduler.step()
 
 
-def snapshot(model, optimizer, scheduler):
-    loop = {"epoch": 2, "step": 6, "best": 0.5, "history": [{"epoch": 1, "val/loss": 0.7}]}
+def snapshot(model, optimizer, scheduler, step=6):
+    loop = {"epoch": 2, "step": step, "best": 0.5, "history": [{"epoch": 1, "val/loss": 0.7}]}
     env = {"torch": str(torch.__version__), "num_threads": 1}
     return checkpoint.state_dict(model, optimizer, scheduler, loop, {"seed": 0}, env)
+
+
+def save_steps(folder, steps, best_steps=(), policy=KEEP):
+    model, optimizer, scheduler = parts()
+    for step in steps:
+        train_a_little(model, optimizer, scheduler, 1)
+        info = {"epoch": 1, "step": step, "batch_in_epoch": 0, "metric": float(step)}
+        checkpoint.save(folder, snapshot(model, optimizer, scheduler, step), info, policy,
+                        best=step in best_steps)  # fmt: skip
 
 
 def walk_types(obj):
@@ -59,15 +73,16 @@ def test_round_trip_restores_every_part_and_the_random_streams(tmp_path):
     model, optimizer, scheduler = parts()
     train_a_little(model, optimizer, scheduler)
     state = snapshot(model, optimizer, scheduler)
-    checkpoint.save(tmp_path, ["last.pt"], state, {"epoch": 2, "step": 6, "metric": 0.5})
+    checkpoint.save(tmp_path, state, {"epoch": 2, "step": 6, "metric": 0.5}, KEEP)
     expected_next = (random.random(), np.random.rand(), torch.rand(3))
 
     model2, optimizer2, scheduler2 = parts(seed=1)
     random.seed(99), np.random.seed(99), torch.manual_seed(99)
-    loaded = checkpoint.load(tmp_path / "last.pt")
+    loaded, entry = checkpoint.load_latest(tmp_path)
     loop = checkpoint.restore(loaded, model2, optimizer2, scheduler2)
+    checkpoint.restore_rng(loaded["rng"])
 
-    assert loop == state["loop"]
+    assert entry["name"] == "step_6.pt" and loop == state["loop"]
     for a, b in zip(model.state_dict().values(), model2.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     assert scheduler2.get_last_lr() == scheduler.get_last_lr()
@@ -78,46 +93,82 @@ def test_round_trip_restores_every_part_and_the_random_streams(tmp_path):
 def test_checkpoint_holds_only_plain_types_and_loads_with_weights_only(tmp_path):
     state = snapshot(*parts())
     assert set(walk_types(state)) <= set(PLAIN)
-    checkpoint.save(tmp_path, ["last.pt"], state, {"epoch": 2, "step": 6, "metric": None})
+    checkpoint.save(tmp_path, state, {"epoch": 2, "step": 6, "metric": None}, KEEP)
     torch.load(tmp_path / "last.pt", weights_only=True)  # no allowlist needed
 
 
-def test_save_is_atomic_and_committed_by_the_manifest(tmp_path):
-    state = snapshot(*parts())
-    checkpoint.save(tmp_path, ["last.pt", "best.pt"], state, {"epoch": 2, "step": 6, "metric": 0.5})
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt", "manifest.json"]
+def test_files_links_and_manifest(tmp_path):
+    save_steps(tmp_path, [1, 2], best_steps=[1])
     manifest = json.loads((tmp_path / "manifest.json").read_text())
-    payload = (tmp_path / "last.pt").read_bytes()
-    assert manifest["files"]["last.pt"]["sha256"] == hashlib.sha256(payload).hexdigest()
-    assert manifest["files"]["best.pt"]["step"] == 6
-    assert (tmp_path / "best.pt").read_bytes() == payload
+    assert manifest["last"] == "step_2.pt" and manifest["best"] == "step_1.pt"
+    payload = (tmp_path / "step_2.pt").read_bytes()
+    assert manifest["files"]["step_2.pt"]["sha256"] == hashlib.sha256(payload).hexdigest()
+    # last.pt and best.pt are the same files (hard links), not second copies.
+    assert os.path.samefile(tmp_path / "last.pt", tmp_path / "step_2.pt")
+    assert os.path.samefile(tmp_path / "best.pt", tmp_path / "step_1.pt")
+    assert checkpoint.load(tmp_path / "best.pt")["loop"]["step"] == 1
 
 
-def test_a_failed_write_leaves_the_previous_checkpoint_and_no_temp_file(tmp_path, monkeypatch):
-    model, optimizer, scheduler = parts()
-    checkpoint.save(tmp_path, ["last.pt"], snapshot(model, optimizer, scheduler), {"step": 1})
-    before = (tmp_path / "last.pt").read_bytes()
-    train_a_little(model, optimizer, scheduler)
-
-    def disk_full(*args, **kwargs):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(os, "fsync", disk_full)
-    with pytest.raises(OSError, match="No space left"):
-        checkpoint.save(tmp_path, ["last.pt"], snapshot(model, optimizer, scheduler), {"step": 2})
-    monkeypatch.undo()
-    assert (tmp_path / "last.pt").read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "manifest.json"]
-    checkpoint.load(tmp_path / "last.pt")
+def test_rotation_keeps_last_best_and_top_k_and_never_touches_other_files(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "step_999.pt").write_bytes(b"not committed: not ours to delete")
+    save_steps(tmp_path, [1, 2, 3, 4, 5, 6], [1, 3], policy=Policy(keep_last=2, top_k=2))
+    kept = sorted(p.name for p in tmp_path.glob("step_*.pt"))
+    assert kept == ["step_1.pt", "step_3.pt", "step_5.pt", "step_6.pt", "step_999.pt"]
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert set(manifest["files"]) == {"step_1.pt", "step_3.pt", "step_5.pt", "step_6.pt"}
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    save_steps(tmp_path, [7], policy=Policy(keep_last=2, top_k=1))
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert set(manifest["files"]) == {"step_3.pt", "step_6.pt", "step_7.pt"}  # best is step_3
 
 
-def test_a_flipped_byte_is_caught_by_the_hash(tmp_path):
-    checkpoint.save(tmp_path, ["last.pt"], snapshot(*parts()), {"step": 1})
-    data = bytearray((tmp_path / "last.pt").read_bytes())
+def corrupt_zero(path):
+    path.write_bytes(b"")
+
+
+def corrupt_half(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def corrupt_flip(path):
+    data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01
-    (tmp_path / "last.pt").write_bytes(bytes(data))
-    with pytest.raises(CheckpointError, match=r"last\.pt: size or sha256 differs"):
-        checkpoint.load(tmp_path / "last.pt")
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    "damage", [corrupt_zero, corrupt_half, corrupt_flip], ids=["empty", "half", "flipped-byte"]
+)
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, damage, caplog):
+    save_steps(tmp_path, [1, 2])
+    damage(tmp_path / "step_2.pt")  # in place: last.pt is the same file, damaged too
+    ckpt, entry = checkpoint.load_latest(tmp_path)
+    assert entry["name"] == "step_1.pt" and ckpt["loop"]["step"] == 1
+    assert "step_2.pt: size or sha256 differs from manifest.json" in caplog.text
+    assert "resuming from the older step_1.pt" in caplog.text
+
+
+def test_a_file_the_manifest_never_committed_is_not_loaded(tmp_path, caplog):
+    save_steps(tmp_path, [1, 2])
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    del manifest["files"]["step_2.pt"]  # as if the run died before committing step 2
+    manifest["last"] = "step_1.pt"
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    _, entry = checkpoint.load_latest(tmp_path)
+    assert entry["name"] == "step_1.pt"
+    with pytest.raises(CheckpointError, match="not a committed checkpoint"):
+        checkpoint.load(tmp_path / "step_2.pt")
+
+
+def test_no_good_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
+    save_steps(tmp_path, [1, 2])
+    corrupt_half(tmp_path / "step_1.pt")
+    corrupt_flip(tmp_path / "step_2.pt")
+    with pytest.raises(CheckpointError, match=r"no good checkpoint to resume from .*Nothing was"):
+        checkpoint.load_latest(tmp_path)
+    with pytest.raises(CheckpointError, match=r"manifest\.json lists none"):
+        checkpoint.load_latest(tmp_path / "empty")
 
 
 class RunsCode:
@@ -125,18 +176,72 @@ class RunsCode:
         return (os.system, (f"touch {self.marker}",))
 
 
-def test_a_pickle_with_code_is_refused_and_runs_nothing(tmp_path):
+def test_a_pickle_with_code_is_refused_and_runs_nothing(tmp_path, caplog):
+    save_steps(tmp_path, [1, 2])
     marker = tmp_path / "pwned"
     evil = RunsCode()
     evil.marker = marker
     payload = pickle.dumps({"schema_version": 1, "model": evil}, protocol=2)
-    (tmp_path / "last.pt").write_bytes(payload)
+    (tmp_path / "step_2.pt").unlink()
+    (tmp_path / "step_2.pt").write_bytes(payload)
     # Even a manifest that vouches for the file's hash does not get it unpickled with code.
-    entry = {"sha256": hashlib.sha256(payload).hexdigest(), "size": len(payload)}
-    (tmp_path / "manifest.json").write_text(json.dumps({"files": {"last.pt": entry}}))
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    digest = hashlib.sha256(payload).hexdigest()
+    manifest["files"]["step_2.pt"] |= {"sha256": digest, "size": len(payload)}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(CheckpointError, match="not a trainlab checkpoint"):
-        checkpoint.load(tmp_path / "last.pt")
+        checkpoint.load(tmp_path / "step_2.pt")
+    _, entry = checkpoint.load_latest(tmp_path)
+    assert entry["name"] == "step_1.pt"
     assert not marker.exists()
+
+
+def test_stale_temp_files_are_swept(tmp_path):
+    (tmp_path / ".step_3.pt.abc123.tmp").write_bytes(b"half a save")
+    (tmp_path / "keep.tmp").write_bytes(b"not ours: no leading dot")
+    assert [p.name for p in checkpoint.sweep_temp_files(tmp_path)] == [".step_3.pt.abc123.tmp"]
+    assert (tmp_path / "keep.tmp").exists()
+
+
+def test_a_failed_write_leaves_the_previous_checkpoint_and_no_temp_file(tmp_path, monkeypatch):
+    save_steps(tmp_path, [1])
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    message = r"could not write .*step_2\.pt \(No space left on device\).*intact \(disk full\?\)"
+    with pytest.raises(CheckpointSaveError, match=message):
+        save_steps(tmp_path, [2])
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    checkpoint.load_latest(tmp_path)
+
+
+def test_file_size_limit_in_a_child_process(tmp_path):
+    """RLIMIT_FSIZE set in a child: the second, bigger checkpoint cannot be written; the first
+    stays byte-identical, no temp file is left, and the message says why."""
+    script = textwrap.dedent(f"""
+        import resource, sys, torch
+        from pathlib import Path
+        from trainlab import checkpoint
+        folder = Path({str(tmp_path)!r})
+        policy = checkpoint.Policy(keep_last=2, top_k=1)
+        small, big = torch.zeros(1000), torch.zeros(100_000)
+        checkpoint.save(folder, {{"schema_version": 1, "w": small}}, {{"step": 1}}, policy)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, resource.RLIM_INFINITY))
+        try:
+            checkpoint.save(folder, {{"schema_version": 1, "w": big}}, {{"step": 2}}, policy)
+        except checkpoint.CheckpointSaveError as e:
+            print(e)
+            sys.exit(7)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 7, done.stderr
+    assert "could not write" in done.stdout and "File too large" in done.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "manifest.json", "step_1.pt"]
+    assert checkpoint.load_latest(tmp_path)[1]["name"] == "step_1.pt"
 
 
 def test_unwrap_finds_the_plain_module():

@@ -84,11 +84,8 @@ def test_a_sweep_gives_each_job_its_own_folder_events_and_checkpoints(tmp_path, 
         assert json.loads((job / "status.json").read_text())["status"] == "completed"
         assert len(list((job / "tb").glob("events.out.tfevents.*"))) == 1
         assert {"train/loss", "val/acc", "lr/group0"} <= scalar_tags(job / "tb")
-        assert {p.name for p in (job / "checkpoints").iterdir()} == {
-            "last.pt",
-            "best.pt",
-            "manifest.json",
-        }
+        names = {p.name for p in (job / "checkpoints").iterdir()}
+        assert {"last.pt", "best.pt", "manifest.json"} <= names
     assert json.loads((jobs[0] / "run.json").read_text())["choices"]["optimizer"] == "sgd"
     assert json.loads((jobs[1] / "run.json").read_text())["choices"]["optimizer"] == "adam"
 

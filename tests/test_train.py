@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from trainlab import checkpoint, loop, rundir, train
+from trainlab import checkpoint, rundir, train
 from trainlab.errors import ConfigError, DataError, Diverged
 
 LAUNCH = {"overrides": ["optimizer.lr=0.01"], "choices": {"model": "cnn1d", "optimizer": "adam"}}
@@ -53,7 +53,7 @@ def test_a_run_writes_every_output(make_cfg, tmp_path):
         r["val/acc"] for r in checkpoint.load(run_dir / "checkpoints/last.pt")["loop"]["history"]
     )
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
-        "best.pt", "last.pt", "manifest.json",
+        "best.pt", "last.pt", "manifest.json", "step_36.pt", "step_72.pt",
     ]  # fmt: skip
     log_text = (run_dir / "train.log").read_text()
     assert "epoch 1/2" in log_text and "epoch 2/2" in log_text and "test/acc" in log_text
@@ -89,97 +89,6 @@ def test_tensorboard_gets_the_promised_tags_config_and_hparams(make_cfg, tmp_pat
         content["_hparams_/experiment"]
     ).experiment
     assert {m.name.tag for m in experiment.metric_infos} >= {"best/val/acc", "test/acc"}
-
-
-RESUMABLE = [
-    "model=mlp",
-    "model.dropout=0.3",  # dropout draws from the global RNG: resume must restore it
-    "trainer.max_epochs=4",
-]
-# Stateful schedulers, including the ones whose state is a callable or a metric history.
-SCHEDULES = {
-    "cosine_per_step": ["scheduler=cosine", "scheduler.interval=step"],
-    "lambda_warmup": ["scheduler=lambda_warmup", "scheduler.warmup_steps=50"],
-    "plateau": ["scheduler=plateau", "scheduler.patience=0"],
-    "warm_restarts_asgd": ["scheduler=cosine_warm_restarts", "scheduler.T_0=2",
-                           "optimizer=asgd", "optimizer.t0=10"],
-}  # fmt: skip
-
-
-def untimed(history: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in history]
-
-
-@pytest.mark.parametrize("schedule", SCHEDULES)
-def test_resume_at_an_epoch_boundary_equals_the_straight_run_bitwise(
-    make_cfg, tmp_path, monkeypatch, schedule
-):
-    cfg = make_cfg(*RESUMABLE, *SCHEDULES[schedule])
-    straight = start(cfg, tmp_path, "straight")
-    train.run(cfg, straight, launch=LAUNCH)
-
-    # The same run crashes 5 batches into epoch 3, after epoch 2's checkpoint.
-    crashing = start(cfg, tmp_path, "crashing")
-    real_step, calls = loop.train_step, []
-
-    def crash_in_epoch_3(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2 * 36 + 5:
-            raise KeyboardInterrupt
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(loop, "train_step", crash_in_epoch_3)
-    with pytest.raises(SystemExit) as info:
-        train.run(cfg, crashing, launch=LAUNCH)
-    assert info.value.code == 130
-    assert json.loads((crashing / "status.json").read_text())["status"] == "interrupted"
-    monkeypatch.undo()
-
-    assert train.resume(crashing, argv=["trainlab", "resume", str(crashing)]) == 0
-
-    a = checkpoint.load(straight / "checkpoints/last.pt")
-    b = checkpoint.load(crashing / "checkpoints/last.pt")
-    assert a["model"].keys() == b["model"].keys()
-    for key in a["model"]:
-        assert torch.equal(a["model"][key], b["model"][key]), key
-    assert untimed(a["loop"]["history"]) == untimed(b["loop"]["history"])
-    assert (
-        json.loads((crashing / "metrics.json").read_text())["test"]
-        == json.loads((straight / "metrics.json").read_text())["test"]
-    )
-    # TensorBoard: the crashed attempt's points after the checkpoint were purged; no step twice.
-    acc = events(crashing)
-    for tag in ("train/loss", "val/loss", "lr/group0"):
-        steps = [e.step for e in acc.Scalars(tag)]
-        assert steps == sorted(set(steps)), tag
-        assert steps == [e.step for e in events(straight).Scalars(tag)], tag
-    record = json.loads((crashing / "run.json").read_text())
-    assert len(record["attempts"]) == 2
-    assert json.loads((crashing / "status.json").read_text())["status"] == "completed"
-    assert "resuming" in (crashing / "train.log").read_text()
-
-
-def test_resume_refuses_a_corrupt_checkpoint_instead_of_starting_over(make_cfg, tmp_path, capsys):
-    cfg = make_cfg()
-    run_dir = start(cfg, tmp_path)
-    train.run(cfg, run_dir, launch=LAUNCH)
-    rundir.write_status(run_dir, "interrupted", "SIGTERM")
-    last = run_dir / "checkpoints/last.pt"
-    last.write_bytes(last.read_bytes()[:1000])
-    before = (run_dir / "metrics.json").read_bytes()
-    assert train.resume(run_dir, argv=["trainlab", "resume"]) != 0
-    assert "last.pt: size or sha256 differs" in capsys.readouterr().err
-    assert (run_dir / "metrics.json").read_bytes() == before
-
-
-def test_resume_of_a_completed_run_does_nothing(make_cfg, tmp_path, capsys):
-    cfg = make_cfg()
-    run_dir = start(cfg, tmp_path)
-    train.run(cfg, run_dir, launch=LAUNCH)
-    before = (run_dir / "checkpoints/last.pt").read_bytes()
-    assert train.resume(run_dir, argv=["trainlab", "resume"]) == 0
-    assert "completed already" in capsys.readouterr().out
-    assert (run_dir / "checkpoints/last.pt").read_bytes() == before
 
 
 @pytest.mark.parametrize(
@@ -227,7 +136,9 @@ def test_max_steps_wins_over_max_epochs(make_cfg, tmp_path):
 def test_a_diverging_run_stops_with_status_diverged(make_cfg, tmp_path):
     cfg = make_cfg("optimizer=sgd", "optimizer.lr=1e6", "loss=mse")
     run_dir = start(cfg, tmp_path)
-    with pytest.raises(Diverged, match="train/loss is nan"):
+    with pytest.raises(
+        Diverged, match=r"train/loss is (nan|inf) at step \d+ \(epoch 1, batch \d+\)"
+    ):
         train.run(cfg, run_dir, launch=LAUNCH)
     status = json.loads((run_dir / "status.json").read_text())
     assert status["status"] == "diverged" and "optimizer.lr" in status["reason"]

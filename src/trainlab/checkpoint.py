@@ -7,11 +7,14 @@ with no allowlist; a file that is anything else is refused, never unpickled.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
 import logging
+import os
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +35,10 @@ MANIFEST = "manifest.json"
 
 class CheckpointError(TrainlabError):
     """A checkpoint is missing, corrupt, or not one of ours."""
+
+
+class CheckpointSaveError(TrainlabError):
+    """Writing a checkpoint failed (disk full, file too large); the previous ones are intact."""
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -74,13 +81,14 @@ def restore(
     optimizer: Optimizer,
     scheduler: LRScheduler | None,
 ) -> dict[str, Any]:
-    """Load every stateful part from `ckpt` and return the loop state. RNG last: nothing
-    between here and the next training step may draw random numbers."""
+    """Load every stateful part from `ckpt` and return the loop state. The random streams are
+    not restored here: the caller restores ckpt["rng"] with restore_rng as the very last thing
+    before training continues, after the data has been fast-forwarded, so that nothing in
+    between can draw from them."""
     unwrap(model).load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     if scheduler is not None:
         scheduler.load_state_dict(ckpt["scheduler"])
-    restore_rng(ckpt["rng"])
     return ckpt["loop"]
 
 
@@ -118,36 +126,64 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-# ---- how it is written and read ----
+# ---- how it is written, rotated and read ----
+#
+# Every save writes step_<n>.pt (a resumable state) and, for ASGD's averaged weights, also
+# best_step_<n>.pt; last.pt and best.pt are hard links (copies where links fail) to the newest
+# and the best. manifest.json lists each file's sha256, size, step, epoch and metric, and which
+# files `last` and `best` are; it is written after the files and is the commit marker: a file
+# it does not list is never loaded or deleted.
 
 
-def save(ckpt_dir: Path, names: list[str], state: dict[str, Any], info: dict[str, Any]) -> None:
-    """Write `state` under each of `names` (e.g. last.pt and best.pt), then commit the manifest.
+@dataclass
+class Policy:
+    """trainer.checkpoint: which checkpoints are kept after each save."""
 
-    Serialised once; each file goes to a temp file in the same folder, is fsynced and renamed
-    over the old one, and the folder is fsynced. The manifest, written last, is the commit
-    marker: a file whose hash it does not record is never loaded.
-    """
+    keep_last: int  # newest resumable checkpoints kept (>= 2: the fallback needs one)
+    top_k: int  # best-so-far checkpoints kept (best.pt is the newest of them)
+
+
+def save(
+    ckpt_dir: Path,
+    state: dict[str, Any],
+    info: dict[str, Any],
+    policy: Policy,
+    best: bool = False,
+    best_state: dict[str, Any] | None = None,
+) -> None:
+    """Write `state` as step_<n>.pt and make it last.pt; if `best`, also best.pt (best_state, if
+    given, is a different payload for it: ASGD's averaged weights). Then commit the manifest
+    and rotate. A failed write leaves the previous files and manifest as they were."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    payload = buffer.getvalue()
-    entry = {"sha256": hashlib.sha256(payload).hexdigest(), "size": len(payload), **info}
-    for name in names:
-        write_atomic(ckpt_dir / name, payload)
     manifest = read_manifest(ckpt_dir)
-    manifest["files"].update({name: entry for name in names})
-    write_atomic(ckpt_dir / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+    name = f"step_{info['step']}.pt"
+    manifest["files"][name] = _write(ckpt_dir / name, state, info, best and best_state is None)
+    _point(ckpt_dir / "last.pt", name)
+    manifest["last"] = name
+    if best:
+        best_name = name
+        if best_state is not None:
+            best_name = f"best_step_{info['step']}.pt"
+            entry = _write(ckpt_dir / best_name, best_state, info, best=True)
+            manifest["files"][best_name] = entry | {"resumable": False}
+        _point(ckpt_dir / "best.pt", best_name)
+        manifest["best"] = best_name
+    _write_manifest(ckpt_dir, manifest)
+    _rotate(ckpt_dir, manifest, policy)
 
 
 def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint after checking its size and sha256 against the manifest."""
-    entry = read_manifest(path.parent)["files"].get(path.name)
+    """Read one checkpoint after checking its size and sha256 against the manifest
+    (last.pt and best.pt are checked against the files the manifest says they are)."""
+    manifest = read_manifest(path.parent)
+    name = {"last.pt": manifest.get("last"), "best.pt": manifest.get("best")}.get(
+        path.name, path.name
+    )
+    entry = manifest["files"].get(name)
     if entry is None or not path.is_file():
-        raise CheckpointError(f"{path}: no committed checkpoint of that name (see {MANIFEST})")
+        raise CheckpointError(f"{path}: not a committed checkpoint (not in {MANIFEST})")
     payload = path.read_bytes()
-    digest = hashlib.sha256(payload).hexdigest()
-    if len(payload) != entry["size"] or digest != entry["sha256"]:
+    if len(payload) != entry["size"] or hashlib.sha256(payload).hexdigest() != entry["sha256"]:
         raise CheckpointError(
             f"{path}: size or sha256 differs from {MANIFEST}: the file is truncated or corrupt"
         )
@@ -160,8 +196,111 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
     return ckpt
 
 
+def load_latest(ckpt_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The newest resumable checkpoint that verifies, and its manifest entry. A bad one is
+    reported by name and the next older one is tried; if none is good, CheckpointError says
+    why, and nothing is started over."""
+    manifest = read_manifest(ckpt_dir)
+    entries = [(n, e) for n, e in manifest["files"].items() if e.get("resumable", True)]
+    entries.sort(key=lambda item: item[1]["step"], reverse=True)
+    problems = []
+    for name, entry in entries:
+        try:
+            ckpt = load(ckpt_dir / name)
+        except CheckpointError as e:
+            problems.append(str(e))
+            log.warning(f"checkpoint refused: {e}; trying an older one")
+            continue
+        if problems:
+            log.warning(f"resuming from the older {name} (step {entry['step']})")
+        return ckpt, entry | {"name": name}
+    reasons = "; ".join(problems) if problems else f"{MANIFEST} lists none"
+    raise CheckpointError(
+        f"{ckpt_dir}: no good checkpoint to resume from ({reasons}). Nothing was started over; "
+        "start a new run, or restore a checkpoint file from a backup"
+    )
+
+
 def read_manifest(ckpt_dir: Path) -> dict[str, Any]:
     path = ckpt_dir / MANIFEST
     if not path.is_file():
         return {"schema_version": SCHEMA_VERSION, "files": {}}
-    return json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text())
+        assert isinstance(manifest.get("files"), dict)
+    except (ValueError, AssertionError) as e:
+        raise CheckpointError(
+            f"{path}: unreadable ({e}); the checkpoints cannot be verified"
+        ) from e
+    return manifest
+
+
+def has_checkpoint(ckpt_dir: Path) -> bool:
+    return any(e.get("resumable", True) for e in read_manifest(ckpt_dir)["files"].values())
+
+
+def sweep_temp_files(folder: Path) -> list[Path]:
+    """Remove the temp files an interrupted atomic write left (.<name>.<random>.tmp)."""
+    stale = sorted(folder.glob(".*.tmp")) if folder.is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+def _write(path: Path, state: dict[str, Any], info: dict[str, Any], best: bool) -> dict[str, Any]:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    payload = buffer.getvalue()
+    try:
+        write_atomic(path, payload)
+    except OSError as e:
+        raise CheckpointSaveError(
+            f"could not write {path} ({e.strerror or e}); the checkpoints written before it are "
+            f"intact{' (disk full?)' if e.errno in (errno.ENOSPC, errno.EFBIG) else ''}"
+        ) from e
+    entry = {"sha256": hashlib.sha256(payload).hexdigest(), "size": len(payload), **info}
+    return entry | {"best": True} if best else entry
+
+
+def _point(alias: Path, target: str) -> None:
+    """Atomically make `alias` (last.pt, best.pt) the file `target` in the same folder: a hard
+    link, so no bytes are written twice; a copy where the filesystem has no hard links."""
+    tmp = alias.with_name(f".{alias.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(alias.with_name(target), tmp)
+        os.replace(tmp, alias)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.errno not in (errno.EPERM, errno.EXDEV, errno.ENOTSUP, errno.EMLINK):
+            raise CheckpointSaveError(f"could not update {alias} ({e.strerror or e})") from e
+        write_atomic(alias, alias.with_name(target).read_bytes())
+
+
+def _write_manifest(ckpt_dir: Path, manifest: dict[str, Any]) -> None:
+    try:
+        write_atomic(ckpt_dir / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+    except OSError as e:
+        raise CheckpointSaveError(
+            f"could not commit {ckpt_dir / MANIFEST} ({e.strerror or e}); the checkpoints "
+            "committed before stay the ones loaded"
+        ) from e
+
+
+def _rotate(ckpt_dir: Path, manifest: dict[str, Any], policy: Policy) -> None:
+    """Drop what the policy no longer keeps: never what last or best name, never a file the
+    manifest does not list. The manifest is rewritten first, so it never names a missing file."""
+    files = manifest["files"]
+    by_step = sorted(files, key=lambda n: files[n]["step"], reverse=True)
+    resumable = [n for n in by_step if files[n].get("resumable", True)]
+    best = [n for n in by_step if files[n].get("best")]
+    keep = {manifest.get("last"), manifest.get("best")}
+    keep |= set(resumable[: max(policy.keep_last, 2)]) | set(best[: policy.top_k])
+    dropped = [n for n in files if n not in keep]
+    if not dropped:
+        return
+    for name in dropped:
+        del files[name]
+    _write_manifest(ckpt_dir, manifest)
+    for name in dropped:
+        (ckpt_dir / name).unlink(missing_ok=True)

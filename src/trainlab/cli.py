@@ -21,7 +21,7 @@ usage: trainlab <verb> [args]
 
 verbs:
   train [overrides]     train one run; -m sweeps (Hydra overrides: model=mlp optimizer.lr=0.1)
-  resume RUN_DIR        continue an interrupted run in place, exactly where it stopped
+  resume RUN_DIR [k=v]  continue an interrupted run in place, exactly where it stopped
 
 `trainlab train --help` lists the config groups and their options.
 """
@@ -62,13 +62,28 @@ def train(args: list[str]) -> int:
 
 def resume(args: list[str]) -> int:
     parser = argparse.ArgumentParser(
-        prog="trainlab resume", description="Continue a run in place from its last checkpoint."
+        prog="trainlab resume",
+        description="Continue a run in place from its newest good checkpoint, exactly.",
     )
     parser.add_argument("run_dir", type=Path, help="the run folder (outputs/runs/<run>)")
-    ns = parser.parse_args(args)
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        help="key=value changes: length (trainer.max_epochs=200), logging, validation and "
+        "checkpoint cadence, early stopping; anything else needs --allow-change",
+    )
+    parser.add_argument(
+        "--allow-change",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="let this key (or group, e.g. optimizer) differ from the stored config",
+    )
+    ns = parser.parse_intermixed_args(args)  # overrides and --allow-change in any order
     from trainlab import train as train_module
 
-    return train_module.resume(ns.run_dir, argv=["trainlab", "resume", *args])
+    argv = ["trainlab", "resume", *args]
+    return train_module.resume(ns.run_dir, ns.overrides, ns.allow_change, argv=argv)
 
 
 VERBS = {"train": train, "resume": resume}

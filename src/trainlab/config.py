@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
@@ -27,7 +28,11 @@ class EarlyStoppingConfig:
 
 @dataclass
 class CheckpointConfig:
-    every_n_epochs: int = MISSING
+    every_n_epochs: int | None = MISSING
+    every_n_steps: int | None = MISSING
+    keep_last: int = MISSING
+    top_k: int = MISSING
+    on_error: str = MISSING
 
 
 @dataclass
@@ -44,6 +49,9 @@ class TrainerConfig:
     num_threads: int | None = MISSING
     monitor: str = MISSING
     mode: str = MISSING
+    nan_policy: str = MISSING
+    nan_skip_limit: int = MISSING
+    resume: str = MISSING
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
@@ -152,7 +160,19 @@ def check(cfg: DictConfig) -> None:
     _at_least(cfg, "trainer.log_every_n_steps", 1)
     _at_least(cfg, "trainer.num_threads", 1, optional=True)
     _at_least(cfg, "trainer.early_stopping.patience", 1, optional=True)
-    _at_least(cfg, "trainer.checkpoint.every_n_epochs", 1)
+    _at_least(cfg, "trainer.checkpoint.every_n_epochs", 1, optional=True)
+    _at_least(cfg, "trainer.checkpoint.every_n_steps", 1, optional=True)
+    _at_least(cfg, "trainer.checkpoint.top_k", 1)
+    _at_least(cfg, "trainer.nan_skip_limit", 0)
+    keep = cfg.trainer.checkpoint.keep_last
+    if keep < 2:
+        raise ConfigError(
+            f"trainer.checkpoint.keep_last={keep}: must be >= 2, so a corrupt newest checkpoint "
+            "always has an older one to fall back to"
+        )
+    _one_of(cfg, "trainer.checkpoint.on_error", ("stop", "continue"))
+    _one_of(cfg, "trainer.nan_policy", ("stop", "skip"))
+    _one_of(cfg, "trainer.resume", ("never", "auto"))
     _positive(cfg, "trainer.grad_clip_norm", optional=True)
     _at_least(cfg, "trainer.early_stopping.min_delta", 0.0)
     _one_of(cfg, "trainer.accelerator", ("auto", "cpu", "cuda"))
@@ -252,6 +272,65 @@ def _check_loss(loss: DictConfig, dataset: DictConfig, key: str) -> None:
                     f"{', '.join(dataset.heads)}"
                 )
             _check_loss(sub, dataset.heads[head], f"{key}.losses.{head}")
+
+
+# Keys a resume may change without changing what is being trained: how long, how often it
+# logs, validates and saves, when it stops early. Anything else needs --allow-change KEY.
+HARMLESS_ON_RESUME = (
+    "trainer.max_epochs", "trainer.max_steps", "trainer.log_every_n_steps",
+    "trainer.val_every_epochs", "trainer.checkpoint.", "trainer.early_stopping.",
+    "trainer.resume", "name", "paths.output_dir",
+)  # fmt: skip
+
+
+def changes(stored: DictConfig, new: DictConfig) -> dict[str, tuple[Any, Any]]:
+    """{dotted key: (stored value, new value)} for every leaf that differs."""
+    a = _leaves(OmegaConf.to_container(stored, resolve=True))
+    b = _leaves(OmegaConf.to_container(new, resolve=True))
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def check_resume_changes(found: dict[str, tuple[Any, Any]], allowed: list[str]) -> None:
+    """Refuse changes that would not continue the same run, naming them, unless allowed."""
+
+    def ok(key: str) -> bool:
+        if key.startswith(HARMLESS_ON_RESUME) or key in HARMLESS_ON_RESUME:
+            return True
+        return any(key == a or key.startswith(a.rstrip(".") + ".") for a in allowed)
+
+    refused = {k: v for k, v in found.items() if not ok(k)}
+    if refused:
+        listed = ", ".join(f"{k} ({old} -> {new})" for k, (old, new) in refused.items())
+        flags = " ".join(f"--allow-change {k}" for k in refused)
+        raise ConfigError(
+            f"resume would change {listed}: the run was trained with the stored values, so this "
+            f"would not continue the same run. Start a new run, or insist with {flags}"
+        )
+
+
+def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out |= _leaves(v, f"{prefix}{k}.")
+        return out
+    return {prefix.rstrip("."): node}
+
+
+def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
+    """A copy of cfg with key=value overrides (values parsed as YAML), typed by the schema."""
+    out = OmegaConf.create(OmegaConf.to_container(cfg))
+    out = OmegaConf.merge(OmegaConf.structured(TrainConfig), out)
+    OmegaConf.set_struct(out, True)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{item}: an override is key=value, e.g. trainer.max_epochs=20")
+        try:
+            OmegaConf.update(out, key, yaml.safe_load(value) if value else None, merge=True)
+        except Exception as e:
+            raise ConfigError(f"{item}: {str(e).splitlines()[0]}") from None
+    return out
 
 
 def load_run_config(run_dir: Path) -> DictConfig:

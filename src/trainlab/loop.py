@@ -20,9 +20,11 @@ from torch.optim.lr_scheduler import CosineAnnealingWarmRestarts, LRScheduler, R
 from torch.utils.tensorboard import SummaryWriter
 
 from trainlab import checkpoint, metrics, tasks
+from trainlab.checkpoint import CheckpointSaveError
 from trainlab.config import monitor_mode
 from trainlab.data import LoaderBatches, TensorBatches
 from trainlab.errors import Diverged
+from trainlab.signals import StopRequest
 from trainlab.tasks import Target, Task
 
 log = logging.getLogger(__name__)
@@ -57,17 +59,30 @@ class LoopState:
     best_step: int | None = None
     bad_validations: int = 0  # validations in a row without improvement (early stopping)
     stopped_early: bool = False
+    nan_skips: int = 0  # steps skipped for a non-finite loss (trainer.nan_policy=skip)
     train_s: float = 0.0  # seconds spent in fit, over every attempt
     history: list[dict[str, float]] = field(default_factory=list)  # one record per epoch
+    # Saved mid-epoch only: the epoch's and the log interval's running sums, so a resumed
+    # epoch reports exactly what the uninterrupted one would have.
+    partial_sums: dict[str, dict[str, Tensor]] | None = None
 
 
 @dataclass
 class Checkpointing:
-    """Where and with what fixed context fit writes checkpoints."""
+    """Where, when and with what fixed context fit writes checkpoints (trainer.checkpoint)."""
 
     directory: Path
     config: dict[str, Any]
     environment: dict[str, Any]
+    policy: checkpoint.Policy
+    every_n_epochs: int | None
+    every_n_steps: int | None
+    on_error: str  # stop | continue: what a failed save does
+
+
+class NonFiniteLoss(Exception):
+    def __init__(self, value: float) -> None:
+        self.value = value
 
 
 def train_step(
@@ -76,18 +91,22 @@ def train_step(
     loss_fn: nn.Module,
     optimizer: Optimizer,
     grad_clip_norm: float | None,
-) -> list[tuple[Tensor, Any]]:
+) -> tuple[list[tuple[Tensor, Any]], float | None]:
     """One optimizer step over one or more batches (gradient accumulation): zero the grads,
     forward and backward each batch with its loss scaled by 1/len(batches), clip, step.
-    Returns each batch's detached loss and output, from the first evaluation (no device sync).
+    Returns each batch's detached loss and output from the first evaluation, and None, or the
+    loss value if it was NaN/Inf: then the optimizer did not step.
 
     The step takes a closure, as LBFGS needs (it re-evaluates the loss several times); every
-    other optimizer calls it exactly once, which is the usual forward/backward/step.
+    other optimizer calls it exactly once, which is the usual forward/backward/step. The
+    closure checks its first loss before the optimizer touches anything (one scalar read).
     """
     first: list[tuple[Tensor, Any]] = []
     n = len(batches)
+    checked = False
 
     def closure() -> Tensor:
+        nonlocal checked
         optimizer.zero_grad(set_to_none=True)
         total: Tensor | None = None
         for x, y in batches:
@@ -98,12 +117,20 @@ def train_step(
             total = scaled.detach() if total is None else total + scaled.detach()
             if len(first) < n:
                 first.append((loss.detach(), _detach(output)))
+        if not checked:
+            checked = True
+            if not bool(torch.isfinite(total)):
+                raise NonFiniteLoss(float(total))  # type: ignore[arg-type]
         if grad_clip_norm is not None:
             nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm)
         return total  # type: ignore[return-value]
 
-    optimizer.step(closure)
-    return first
+    try:
+        optimizer.step(closure)
+    except NonFiniteLoss as e:
+        optimizer.zero_grad(set_to_none=True)
+        return first, e.value
+    return first, None
 
 
 @torch.no_grad()
@@ -128,20 +155,29 @@ def fit(
     state: LoopState,
     writer: SummaryWriter,
     ckpt: Checkpointing,
+    stop: StopRequest,
 ) -> LoopState:
-    """Train until trainer.max_epochs (or max_steps) or early stopping; return the final state."""
+    """Train until trainer.max_epochs (or max_steps) or early stopping; return the final state.
+    A stop request (a signal) saves at the next step boundary and raises Interrupted."""
     model, optimizer, scheduler, task = parts.model, parts.optimizer, parts.scheduler, parts.task
     device, per_step = parts.train.device, trainer.accumulate_grad_batches
     steps_per_epoch = -(-len(parts.train) // per_step)
     max_epochs = None if trainer.max_steps is not None else trainer.max_epochs
+    clock = time.perf_counter()
     model.train()
     while not _finished(trainer, state):
-        start_time = time.perf_counter()
+        epoch_start = time.perf_counter()
         # Batches add into `interval`; each log point folds it into the epoch's sums.
-        epoch_sums, interval = tasks.new_sums(task, device), tasks.new_sums(task, device)
+        epoch_sums, interval = _epoch_sums(task, device, state)
         batches = parts.train.epoch(state.epoch, start=state.batch_in_epoch)
         for group in _groups(batches, per_step):
-            results = train_step(model, group, parts.loss_fn, optimizer, trainer.grad_clip_norm)
+            results, bad_loss = train_step(
+                model, group, parts.loss_fn, optimizer, trainer.grad_clip_norm
+            )
+            if bad_loss is not None:
+                _non_finite(trainer, state, bad_loss)  # raises Diverged, or skips this step
+                state.batch_in_epoch += len(group)
+                continue
             for (loss, output), (_, y) in zip(results, group, strict=True):
                 tasks.accumulate(task, interval, loss, output, y)
             state.step += 1
@@ -153,15 +189,24 @@ def fit(
                 _log_train(writer, task, interval, optimizer, state.step)
                 tasks.add(epoch_sums, interval)
                 interval = tasks.new_sums(task, device)
+            now = time.perf_counter()
+            state.train_s, clock = state.train_s + now - clock, now
             if trainer.max_steps is not None and state.step >= trainer.max_steps:
                 break
+            if state.batch_in_epoch < len(parts.train):  # the epoch's end saves on its own
+                step_due = ckpt.every_n_steps and state.step % ckpt.every_n_steps == 0
+                if step_due or stop.signum is not None:
+                    _save(
+                        ckpt, parts, state, None, sums={"epoch": epoch_sums, "interval": interval}
+                    )
+                stop.check()
         _log_train(writer, task, interval, optimizer, state.step)
         tasks.add(epoch_sums, interval)
-        if state.batch_in_epoch == len(parts.train):
+        if state.batch_in_epoch >= len(parts.train):
             state.epoch, state.batch_in_epoch = state.epoch + 1, 0
         finished = _finished(trainer, state)
 
-        seconds = time.perf_counter() - start_time
+        seconds = time.perf_counter() - epoch_start
         record: dict[str, Any] = {"epoch": state.epoch, "step": state.step}
         record.update(tasks.summarize(task, epoch_sums, "train"))
         record["time/epoch_s"] = seconds
@@ -173,7 +218,6 @@ def fit(
         if scheduler is not None and parts.scheduler_interval == "epoch":
             _step_per_epoch(scheduler, record.get(trainer.monitor))
         state.history.append(record)
-        state.train_s += time.perf_counter() - start_time
         # train/* went out with the last interval above; the epoch adds val/* and time/*.
         epoch_scalars = {k: v for k, v in record.items() if k.startswith(("val/", "time/"))}
         metrics.log_scalars(writer, epoch_scalars, state.step)
@@ -184,17 +228,13 @@ def fit(
             state.stopped_early = True
             log.info(f"early stopping: {trainer.monitor} did not improve in {patience} validations")
         finished = finished or state.stopped_early
-        monitored = record.get(trainer.monitor)
-        names = (
-            ["last.pt"] if finished or state.epoch % trainer.checkpoint.every_n_epochs == 0 else []
-        )
-        if improved and not parts.eval_with_average:
-            names.append("best.pt")  # the same bytes as last.pt: serialised once
-        if names:
-            _save(ckpt, names, parts, state, monitored)
-        if improved and parts.eval_with_average:
-            with eval_weights(parts):  # best.pt holds the weights that were validated: `ax`
-                _save(ckpt, ["best.pt"], parts, state, monitored)
+        now = time.perf_counter()
+        state.train_s, clock = state.train_s + now - clock, now
+        epoch_due = ckpt.every_n_epochs and state.epoch % ckpt.every_n_epochs == 0
+        step_due = ckpt.every_n_steps and state.step % ckpt.every_n_steps == 0
+        if finished or improved or epoch_due or step_due or stop.signum is not None:
+            _save(ckpt, parts, state, record.get(trainer.monitor), best=improved)
+        stop.check()
     return state
 
 
@@ -265,17 +305,10 @@ def _log_train(
     optimizer: Optimizer,
     step: int,
 ) -> None:
-    """The train/* means since the last point, and each group's lr; stops a diverged run."""
+    """The train/* means since the last point, and each group's lr."""
     scalars = tasks.summarize(task, sums, "train")
-    if not scalars:
-        return
-    loss = scalars["train/loss"]
-    if loss != loss or loss in (float("inf"), float("-inf")):
-        raise Diverged(
-            f"train/loss is {loss} at step {step}: lower optimizer.lr, or set "
-            "trainer.grad_clip_norm"
-        )
-    metrics.log_scalars(writer, scalars | metrics.lr_scalars(optimizer), step)
+    if scalars:
+        metrics.log_scalars(writer, scalars | metrics.lr_scalars(optimizer), step)
 
 
 def _track_best(trainer: DictConfig, state: LoopState, record: dict[str, Any]) -> bool:
@@ -297,13 +330,65 @@ def _track_best(trainer: DictConfig, state: LoopState, record: dict[str, Any]) -
 
 
 def _save(
-    ckpt: Checkpointing, names: list[str], parts: Parts, state: LoopState, metric: float | None
+    ckpt: Checkpointing,
+    parts: Parts,
+    state: LoopState,
+    metric: float | None,
+    best: bool = False,
+    sums: dict[str, dict[str, Tensor]] | None = None,
 ) -> None:
-    snapshot = checkpoint.state_dict(
-        parts.model, parts.optimizer, parts.scheduler, asdict(state), ckpt.config, ckpt.environment
+    """Save a checkpoint of everything (best.pt too if `best`); `sums` are the running sums of
+    an epoch saved in the middle. A failed save stops the run or, with on_error=continue, is
+    reported and training goes on (the previous checkpoints are intact either way)."""
+    loop_state = asdict(state)
+    if sums is not None:
+        loop_state["partial_sums"] = {
+            k: {n: t.cpu() for n, t in v.items()} for k, v in sums.items()
+        }
+    args = (parts.model, parts.optimizer, parts.scheduler)
+    snapshot = checkpoint.state_dict(*args, loop_state, ckpt.config, ckpt.environment)
+    best_state = None
+    if best and parts.eval_with_average:
+        with eval_weights(parts):  # best.pt holds the weights that were validated: `ax`
+            weights = checkpoint.unwrap(parts.model).state_dict()
+            best_state = snapshot | {"model": {k: v.clone() for k, v in weights.items()}}
+    info = {
+        "epoch": state.epoch,
+        "step": state.step,
+        "batch_in_epoch": state.batch_in_epoch,
+        "metric": metric,
+    }
+    try:
+        checkpoint.save(ckpt.directory, snapshot, info, ckpt.policy, best, best_state)
+    except CheckpointSaveError as e:
+        if ckpt.on_error == "stop":
+            raise
+        log.warning(f"{e}; training goes on (trainer.checkpoint.on_error=continue)")
+
+
+def _epoch_sums(
+    task: Task, device: torch.device, state: LoopState
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Fresh running sums, or the ones a checkpoint saved in the middle of this epoch."""
+    if state.partial_sums is None:
+        return tasks.new_sums(task, device), tasks.new_sums(task, device)
+    saved, state.partial_sums = state.partial_sums, None
+    return tuple(
+        {k: v.to(device) for k, v in saved[part].items()} for part in ("epoch", "interval")
+    )  # type: ignore[return-value]
+
+
+def _non_finite(trainer: DictConfig, state: LoopState, value: float) -> None:
+    where = f"step {state.step + 1} (epoch {state.epoch + 1}, batch {state.batch_in_epoch + 1})"
+    if trainer.nan_policy == "skip" and state.nan_skips < trainer.nan_skip_limit:
+        state.nan_skips += 1
+        log.warning(f"train/loss is {value} at {where}: step skipped ({state.nan_skips} so far)")
+        return
+    limit = f" ({state.nan_skips} skipped before)" if trainer.nan_policy == "skip" else ""
+    raise Diverged(
+        f"train/loss is {value} at {where}{limit}; the last good checkpoint is kept. Lower "
+        "optimizer.lr, set trainer.grad_clip_norm, or trainer.nan_policy=skip"
     )
-    info = {"epoch": state.epoch, "step": state.step, "metric": metric}
-    checkpoint.save(ckpt.directory, names, snapshot, info)
 
 
 def _detach(output: Any) -> Any:

@@ -6,6 +6,7 @@ import logging
 import logging.handlers
 import math
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +24,12 @@ CORE_HPARAMS = ("seed", "optimizer.lr", "trainer.batch_size", "trainer.max_epoch
 def open_writer(tb_dir: Path, purge_step: int | None) -> SummaryWriter:
     """The run's one event stream. On resume, purge_step (the checkpoint's step + 1) drops the
     events the crashed attempt wrote after its checkpoint, so no step appears twice."""
+    # TensorBoard reads a run's event files in name order, and names start with the creation
+    # second: a new attempt's file must sort after the earlier ones, or their older steps read
+    # as out of order and get purged.
+    stamps = [int(p.name.split(".")[3]) for p in tb_dir.glob("events.out.tfevents.*")]
+    if stamps and time.time() < max(stamps) + 1:
+        time.sleep(max(stamps) + 1 - time.time())
     return SummaryWriter(log_dir=str(tb_dir), purge_step=purge_step)
 
 

@@ -60,6 +60,20 @@ def release(run_dir: Path) -> None:
         run_dir.rmdir()
 
 
+def archive_hydra_record(run_dir: Path) -> None:
+    """Move the previous launch's .hydra/*.yaml to .hydra/attempt-<k>/ before Hydra writes
+    this launch's: every attempt's record is kept."""
+    hydra_dir = run_dir / ".hydra"
+    files = sorted(hydra_dir.glob("*.yaml")) if hydra_dir.is_dir() else []
+    if not files:
+        return
+    k = len(list(hydra_dir.glob("attempt-*"))) + 1
+    archive = hydra_dir / f"attempt-{k}"
+    archive.mkdir()
+    for path in files:
+        path.rename(archive / path.name)
+
+
 def write_atomic(path: Path, payload: bytes) -> None:
     """Replace `path` with `payload` so that no reader, and no crash, ever sees half a file:
     temp file in the same folder, fsync, rename over, fsync the folder."""
@@ -159,11 +173,13 @@ class RunFolderCallback(Callback):
             requested = Path(config.hydra.run.dir)
             if _set_by_user(config, "hydra.run.dir"):
                 if requested.exists() and any(requested.iterdir()):
-                    _exit_config_error(
-                        f"hydra.run.dir={requested}: that folder holds a run already and a run "
-                        f"never overwrites another; pick a new folder, or `trainlab resume "
-                        f"{requested}`"
-                    )
+                    if config.trainer.resume != "auto":
+                        _exit_config_error(
+                            f"hydra.run.dir={requested}: that folder holds a run already and a "
+                            f"run never overwrites another; pick a new folder, `trainlab resume "
+                            f"{requested}`, or trainer.resume=auto"
+                        )
+                    archive_hydra_record(requested)
                 requested.mkdir(parents=True, exist_ok=True)
             else:
                 config.hydra.run.dir = str(claim(requested))

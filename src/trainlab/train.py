@@ -14,6 +14,7 @@ import platform
 import random
 import signal
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +31,19 @@ from trainlab.errors import ConfigError, Diverged, TrainlabError, first_line
 from trainlab.loop import Checkpointing, LoopState, Parts, eval_weights, evaluate, fit
 from trainlab.metrics import per_label
 from trainlab.preflight import preflight
+from trainlab.signals import Interrupted, graceful_stop
 from trainlab.tasks import Task
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Resume:
+    """A run continuing in its folder: the config changes it brings (already in the config)
+    and the keys the user allowed to change (--allow-change)."""
+
+    changes: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    allow: list[str] = field(default_factory=list)
 
 
 def hydra_task(cfg: DictConfig) -> float | None:
@@ -51,7 +62,14 @@ def hydra_task(cfg: DictConfig) -> float | None:
         },
     }
     try:
-        results = run(cfg, run_dir, launch=launch, multirun=multirun)
+        resume = None
+        if cfg.trainer.resume == "auto" and checkpoint.has_checkpoint(run_dir / "checkpoints"):
+            # A requeued job: continue this folder's run; the command line may only change
+            # what a `trainlab resume` may change.
+            found = config.changes(config.load_run_config(run_dir), cfg)
+            config.check_resume_changes(found, allowed=[])
+            resume = Resume(found)
+        results = run(cfg, run_dir, launch=launch, resume=resume, multirun=multirun)
     except TrainlabError as e:
         if multirun:
             raise  # Hydra records the job as failed and goes on with the sweep
@@ -59,17 +77,22 @@ def hydra_task(cfg: DictConfig) -> float | None:
     return results["best"].get(cfg.trainer.monitor)
 
 
-def resume(run_dir: Path, argv: list[str]) -> int:
-    """`trainlab resume RUN_DIR`: continue from the run's last checkpoint, in place."""
+def resume(run_dir: Path, overrides: list[str], allow: list[str], argv: list[str]) -> int:
+    """`trainlab resume RUN_DIR [key=value ...]`: continue from the run's newest good
+    checkpoint, in place. The stored config is the source of truth; overrides may extend or
+    re-pace the run, anything else needs --allow-change KEY."""
     try:
-        cfg = config.load_run_config(run_dir)
+        stored = config.load_run_config(run_dir)
+        cfg = config.apply_overrides(stored, overrides)
         config.check(cfg)
+        found = config.changes(stored, cfg)
+        config.check_resume_changes(found, allow)
         status_file = run_dir / "status.json"
         status = rundir.read_json(status_file) if status_file.is_file() else {}
-        if status.get("status") == "completed":
+        if status.get("status") == "completed" and not found:
             print(f"{run_dir}: the run completed already; nothing to resume")
             return 0
-        run(cfg, run_dir, launch=None, resume=True, argv=argv)
+        run(cfg, run_dir, launch=None, resume=Resume(found, allow), argv=argv)
     except TrainlabError as e:
         return rundir.report(e)
     return 0
@@ -79,12 +102,16 @@ def run(
     cfg: DictConfig,
     run_dir: Path,
     launch: dict[str, Any] | None,
-    resume: bool = False,
+    resume: Resume | None = None,
     multirun: bool = False,
     argv: list[str] | None = None,
 ) -> dict[str, Any]:
     """Train, test and record one run in `run_dir`; returns what metrics.json holds."""
     argv = list(sys.argv if argv is None else argv)
+    ckpt_dir = run_dir / "checkpoints"
+    # A folder with a run in it but no checkpoint (trainer.resume=auto after an early crash)
+    # starts over in place.
+    in_place = resume is None and (run_dir / "config.yaml").is_file()
     with metrics.console_and_log_file(run_dir / "train.log") as start_log_file:
         # ---- setup: build everything; nothing is written yet ----
         try:
@@ -92,20 +119,39 @@ def run(
             data = build_data(cfg.dataset, device)
             parts = _build_parts(cfg, data, device)
             preflight(cfg, parts)
-            state, environment = LoopState(), _environment(cfg, device)
-            if resume:
-                state = _restore(run_dir, parts, environment)
+            state, environment, rng, resumed_from = (
+                LoopState(),
+                _environment(cfg, device),
+                None,
+                None,
+            )
+            if resume is not None:
+                checkpoint.sweep_temp_files(ckpt_dir)
+                saved, entry = checkpoint.load_latest(ckpt_dir)
+                state = LoopState(
+                    **checkpoint.restore(saved, parts.model, parts.optimizer, parts.scheduler)
+                )
+                _check_environment(saved["environment"], environment, resume.allow)
+                _check_length(cfg.trainer, state)
+                _apply_optimizer_changes(parts, resume.changes)
+                rng, resumed_from = saved["rng"], entry
         except TrainlabError as e:
             if multirun:
                 rundir.write_status(run_dir, "failed", str(e))
-            elif not resume:
+            elif resume is None and not in_place:
                 rundir.release(run_dir)  # leave no trace of a rejected run
             raise
 
         # ---- the run is accepted: from here on it writes its folder ----
-        if resume:
+        checkpoint.sweep_temp_files(run_dir)
+        checkpoint.sweep_temp_files(ckpt_dir)
+        if resume is not None:
             record = rundir.read_json(run_dir / "run.json")
-            record["attempts"].append(rundir.launch_record(argv))
+            attempt = rundir.launch_record(argv) | {"resumed_from": resumed_from["name"]}
+            if resume.changes:
+                attempt["changed"] = {k: list(v) for k, v in resume.changes.items()}
+                OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+            record["attempts"].append(attempt)
         else:
             OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
             record = rundir.run_record(cfg.name, cfg.seed, launch or {}, environment, argv)
@@ -113,22 +159,35 @@ def run(
         start_log_file()
         rundir.write_status(run_dir, "running")
         log.info(f"run folder: {run_dir}")
-        # Points at the checkpoint's step were logged before it was saved: keep them.
-        writer = metrics.open_writer(run_dir / "tb", purge_step=state.step + 1 if resume else None)
+        if resumed_from is not None:
+            log.info(
+                f"resuming from {resumed_from['name']}: epoch {state.epoch}, step {state.step}"
+                + (f", batch {state.batch_in_epoch} of the epoch" if state.batch_in_epoch else "")
+            )
+        # Drop events an earlier attempt wrote after this checkpoint (points at its own step
+        # were logged before it was saved and stay); a fresh start in place drops them all.
+        purge = state.step + 1 if resume is not None else (0 if in_place else None)
+        writer = metrics.open_writer(run_dir / "tb", purge_step=purge)
         try:
-            if not resume:
+            if resume is None:
                 metrics.log_config(writer, cfg)
-            resolved = OmegaConf.to_container(cfg, resolve=True)
-            ckpt = Checkpointing(run_dir / "checkpoints", resolved, environment)
-            state = fit(cfg.trainer, parts, state, writer, ckpt)
+            ckpt = _checkpointing(cfg, ckpt_dir, environment)
+            with graceful_stop() as stop:
+                if rng is not None:
+                    checkpoint.restore_rng(rng)  # the last thing before training continues
+                state = fit(cfg.trainer, parts, state, writer, ckpt, stop)
             results = _test_and_record(cfg, run_dir, parts, data, state, record, writer)
             rundir.write_status(run_dir, "completed")
+        except Interrupted as e:
+            rundir.write_status(run_dir, "interrupted", signal.Signals(e.signum).name)
+            log.info(f"{e}; continue with: trainlab resume {run_dir}")
+            raise SystemExit(e.exit_code) from None
         except Diverged as e:
             rundir.write_status(run_dir, "diverged", str(e))
             raise
         except KeyboardInterrupt:
-            rundir.write_status(run_dir, "interrupted", "SIGINT")
-            log.info(f"interrupted; continue with: trainlab resume {run_dir}")
+            rundir.write_status(run_dir, "interrupted", "SIGINT (no checkpoint: stopped at once)")
+            log.info(f"interrupted; continue from the last checkpoint: trainlab resume {run_dir}")
             raise SystemExit(128 + signal.SIGINT) from None
         except BaseException as e:
             rundir.write_status(run_dir, "failed", f"{e.__class__.__name__}: {first_line(e)}")
@@ -137,6 +196,74 @@ def run(
             writer.close()
         _print_summary(run_dir, results)
         return results
+
+
+def _checkpointing(cfg: DictConfig, ckpt_dir: Path, environment: dict[str, Any]) -> Checkpointing:
+    c = cfg.trainer.checkpoint
+    return Checkpointing(
+        directory=ckpt_dir,
+        config=OmegaConf.to_container(cfg, resolve=True),  # type: ignore[arg-type]
+        environment=environment,
+        policy=checkpoint.Policy(keep_last=c.keep_last, top_k=c.top_k),
+        every_n_epochs=c.every_n_epochs,
+        every_n_steps=c.every_n_steps,
+        on_error=c.on_error,
+    )
+
+
+def _check_environment(saved: dict[str, Any], current: dict[str, Any], allow: list[str]) -> None:
+    """What the checkpoint was trained with against what this resume has: a different thread
+    count is adopted (it changes float reductions), precision and world size are refused."""
+    if saved["num_threads"] != current["num_threads"]:
+        log.info(
+            f"using the {saved['num_threads']} CPU threads the run was trained with (this "
+            f"machine's default is {current['num_threads']}): float sums depend on it"
+        )
+        torch.set_num_threads(saved["num_threads"])
+        current["num_threads"] = saved["num_threads"]
+    for key, flag in (("precision", "trainer.precision"), ("world_size", "trainer.devices")):
+        if saved.get(key) != current[key] and flag not in allow:
+            raise ConfigError(
+                f"the run was trained with {key} {saved.get(key)} and this resume has "
+                f"{current[key]}: it would not continue exactly; set it back, or allow it with "
+                f"--allow-change {flag}"
+            )
+    if saved["device"].split(":")[0] != current["device"].split(":")[0]:
+        log.warning(
+            f"the run was trained on {saved['device']} and continues on {current['device']}: "
+            "the result will not be bitwise what an uninterrupted run gives"
+        )
+
+
+def _apply_optimizer_changes(parts: Parts, found: dict[str, tuple[Any, Any]]) -> None:
+    """Loading the optimizer's state brings back its saved options (lr, weight_decay, ...);
+    an allowed change of one must win over that, in every group, and rescale the schedule."""
+    for key, (old, new) in found.items():
+        option = key.removeprefix("optimizer.")
+        if (
+            not key.startswith("optimizer.")
+            or "." in option
+            or option not in parts.optimizer.defaults
+        ):
+            continue
+        for group in parts.optimizer.param_groups:
+            group[option] = new
+        if option == "lr" and parts.scheduler is not None:
+            parts.scheduler.base_lrs = [new for _ in parts.scheduler.base_lrs]
+        log.info(f"optimizer.{option} is now {new} in every parameter group (was {old})")
+
+
+def _check_length(trainer: DictConfig, state: LoopState) -> None:
+    if trainer.max_steps is not None and trainer.max_steps < state.step:
+        raise ConfigError(
+            f"trainer.max_steps={trainer.max_steps}: the run has taken {state.step} steps "
+            "already; a resume can extend it, not shorten it"
+        )
+    if trainer.max_steps is None and trainer.max_epochs < state.epoch:
+        raise ConfigError(
+            f"trainer.max_epochs={trainer.max_epochs}: the run has trained {state.epoch} epochs "
+            "already; a resume can extend it, not shorten it"
+        )
 
 
 def _setup_torch(trainer: DictConfig) -> torch.device:
@@ -185,19 +312,6 @@ def _run_length(trainer: DictConfig, steps_per_epoch: int, interval: str) -> int
     """How many times a scheduler with this interval steps in the whole run."""
     steps = trainer.max_steps or trainer.max_epochs * steps_per_epoch
     return steps if interval == "step" else math.ceil(steps / steps_per_epoch)
-
-
-def _restore(run_dir: Path, parts: Parts, environment: dict[str, Any]) -> LoopState:
-    ckpt = checkpoint.load(run_dir / "checkpoints" / "last.pt", map_location="cpu")
-    saved = ckpt["environment"]
-    if saved["num_threads"] != torch.get_num_threads():
-        # Float reductions split work by thread: the same count keeps resume bitwise exact.
-        torch.set_num_threads(saved["num_threads"])
-        environment["num_threads"] = saved["num_threads"]
-    loop = checkpoint.restore(ckpt, parts.model, parts.optimizer, parts.scheduler)
-    state = LoopState(**loop)
-    log.info(f"resuming {run_dir} at epoch {state.epoch}, step {state.step}")
-    return state
 
 
 def _environment(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
@@ -253,7 +367,9 @@ def _test_and_record(
     scalars |= {f"final/{k}": v for k, v in validated[-1].items() if k.startswith("val/")}
     scalars |= test
     hparam_values = metrics.hparams(cfg, record["choices"], record["overrides"])
-    metrics.log_hparams(writer, hparam_values, scalars, state.step)
+    # One step past training: a resume purges from its checkpoint's step + 1, so a summary
+    # written by an attempt that crashed while testing never shows up twice.
+    metrics.log_hparams(writer, hparam_values, scalars, state.step + 1)
     return results
 
 

@@ -1,0 +1,114 @@
+"""Real processes, real signals: SIGTERM stops gracefully (exit 143) and resumes exactly; a run
+SIGKILLed at random moments, saves included, and requeued each time with trainer.resume=auto
+ends bitwise equal to the run that was never stopped."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import run_cli
+from trainlab import checkpoint
+
+pytestmark = pytest.mark.slow
+
+RUN = [
+    "model=mlp", "model.dropout=0.3", "scheduler=cosine", "scheduler.interval=step",
+    "trainer.num_threads=1", "trainer.log_every_n_steps=7",
+]  # fmt: skip
+
+
+def start(run_dir: Path, data_dir: Path, *overrides: str) -> subprocess.Popen:
+    args = [f"hydra.run.dir={run_dir}", f"paths.data_dir={data_dir}", *RUN, *overrides]
+    return subprocess.Popen(
+        [sys.executable, "-m", "trainlab", "train", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for(
+    path: Path, text: str, count: int, proc: subprocess.Popen, timeout: float = 120
+) -> bool:
+    """Wait until `text` occurs `count` times in the file; False if the process ended first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.is_file() and path.read_text().count(text) >= count:
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.02)
+    raise TimeoutError(f"{text!r} x{count} never appeared in {path}")
+
+
+def assert_bitwise_equal(a: Path, b: Path) -> None:
+    x = checkpoint.load(a / "checkpoints" / "last.pt")
+    y = checkpoint.load(b / "checkpoints" / "last.pt")
+    for key in x["model"]:
+        assert torch.equal(x["model"][key], y["model"][key]), key
+    for index, state in x["optimizer"]["state"].items():
+        for name, value in state.items():
+            assert torch.equal(value, y["optimizer"]["state"][index][name]), name
+    assert x["scheduler"] == y["scheduler"]
+    untimed = [
+        [{k: v for k, v in r.items() if not k.startswith("time/")} for r in c["loop"]["history"]]
+        for c in (x, y)
+    ]
+    assert untimed[0] == untimed[1]
+    assert (
+        json.loads((a / "metrics.json").read_text())["test"]
+        == json.loads((b / "metrics.json").read_text())["test"]
+    )
+
+
+def test_sigterm_saves_exits_143_and_resumes_exactly(tmp_path, data_dir):
+    length = ["trainer.max_epochs=20", "trainer.checkpoint.every_n_steps=5"]
+    straight = start(tmp_path / "straight", data_dir, *length)
+    assert straight.wait(timeout=300) == 0, straight.stderr.read()
+
+    stopped = start(tmp_path / "stopped", data_dir, *length)
+    assert wait_for(tmp_path / "stopped" / "train.log", "epoch 3/", 1, stopped)
+    stopped.send_signal(signal.SIGTERM)
+    assert stopped.wait(timeout=60) == 143
+    status = json.loads((tmp_path / "stopped" / "status.json").read_text())
+    assert status == status | {"status": "interrupted", "reason": "SIGTERM"}
+    manifest = checkpoint.read_manifest(tmp_path / "stopped" / "checkpoints")
+    assert manifest["files"][manifest["last"]]["step"] < 20 * 36
+
+    done = run_cli("resume", str(tmp_path / "stopped"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert_bitwise_equal(tmp_path / "straight", tmp_path / "stopped")
+
+
+def test_ten_random_sigkills_and_requeues_end_bitwise_equal(tmp_path, data_dir):
+    length = ["trainer.max_epochs=40", "trainer.checkpoint.every_n_steps=3", "trainer.resume=auto"]
+    straight = start(tmp_path / "straight", data_dir, *length)
+    assert straight.wait(timeout=300) == 0, straight.stderr.read()
+
+    run_dir, rng, kills, attempt = tmp_path / "chaos", random.Random(0), 0, 0
+    while True:
+        attempt += 1
+        proc = start(run_dir, data_dir, *length)
+        started = wait_for(run_dir / "train.log", "run folder:", attempt, proc)
+        if kills < 10 and started:
+            time.sleep(rng.uniform(0.0, 0.6))
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+                kills += 1
+                continue
+        assert proc.wait(timeout=300) == 0, proc.stderr.read()
+        break
+    assert kills == 10, f"the run finished after {kills} kills; make it longer"
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
+    assert_bitwise_equal(tmp_path / "straight", run_dir)
+    assert len(list((run_dir / ".hydra").glob("attempt-*"))) == attempt - 1

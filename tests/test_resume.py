@@ -1,0 +1,322 @@
+"""Exact resume: interrupted anywhere (epoch boundary, mid-epoch, right after a checkpoint,
+SIGTERM), in memory or through a DataLoader, a run continues to bitwise the straight run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from trainlab import checkpoint, loop, rundir, train
+from trainlab.errors import Diverged
+
+PATHS = {
+    # dropout and a per-step cosine schedule: both need the exact RNG and scheduler state
+    "memory": ["model=mlp", "model.dropout=0.3", "trainer.batch_size=200"],
+    # per-sample seeded flips, batch norm buffers, dropout; 21 train images, batch 4
+    "loader0": ["dataset=image_folder", "model=cnn", "model.dropout=0.3", "trainer.batch_size=4",
+                "dataset.num_workers=0"],
+    "loader2": ["dataset=image_folder", "model=cnn", "model.dropout=0.3", "trainer.batch_size=4",
+                "dataset.num_workers=2"],
+}  # fmt: skip
+COMMON = ["scheduler=cosine", "scheduler.interval=step", "trainer.max_epochs=3",
+          "trainer.checkpoint.every_n_steps=4", "trainer.log_every_n_steps=3"]  # fmt: skip
+_straight: dict[str, dict] = {}
+
+
+def untimed(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in history]
+
+
+def final(run_dir):
+    ckpt = checkpoint.load(run_dir / "checkpoints" / "last.pt")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    return ckpt, metrics
+
+
+def assert_same_run(a_dir, b_dir):
+    (a, ma), (b, mb) = final(a_dir), final(b_dir)
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for index, state in a["optimizer"]["state"].items():
+        for name, value in state.items():
+            assert torch.equal(
+                torch.as_tensor(value), torch.as_tensor(b["optimizer"]["state"][index][name])
+            ), name
+    assert a["scheduler"] == b["scheduler"]
+    assert untimed(a["loop"]["history"]) == untimed(b["loop"]["history"])
+    assert ma["test"] == mb["test"] and ma["best"]["step"] == mb["best"]["step"]
+
+
+def tb_steps(run_dir, tag):
+    acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
+    acc.Reload()
+    return [e.step for e in acc.Scalars(tag)]
+
+
+def straight_run(path, make_cfg, tmp_path_factory):
+    if path not in _straight:
+        cfg = make_cfg(*PATHS[path], *COMMON)
+        run_dir = rundir.claim(tmp_path_factory.mktemp("straight") / path)
+        results = train.run(cfg, run_dir, launch=None)
+        _straight[path] = {"dir": run_dir, "steps_per_epoch": results["steps"] // 3}
+    return _straight[path]
+
+
+def interrupt_at(monkeypatch, call: int, how: str):
+    """Make the call-th train_step crash (a hard stop, nothing saved) or send this process
+    SIGTERM (a graceful stop: the loop saves at the step boundary)."""
+    real, calls = loop.train_step, []
+
+    def step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            if how == "crash":
+                raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", step)
+
+
+# (how, which step call to interrupt, as a function of the steps per epoch S).
+# every_n_steps=4: checkpoints at 4, 8, ...; epochs end at S, 2S.
+POSITIONS = {
+    "epoch_boundary": ("crash", lambda s: 2 * s + 1),  # first step of epoch 3
+    "mid_epoch": ("crash", lambda s: s + 3 + 4 - (s + 3) % 4 + 2),  # 2 past a mid-epoch checkpoint
+    "right_after_checkpoint": ("crash", lambda s: s + 4 - s % 4 + 1),
+    "sigterm": ("signal", lambda s: s + 2),
+}
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("position", POSITIONS)
+def test_resume_matrix(path, position, make_cfg, tmp_path, tmp_path_factory, monkeypatch):
+    straight = straight_run(path, make_cfg, tmp_path_factory)
+    how, call = POSITIONS[position]
+    cfg = make_cfg(*PATHS[path], *COMMON)
+    run_dir = rundir.claim(tmp_path / "run")
+    interrupt_at(monkeypatch, call(straight["steps_per_epoch"]), how)
+    with pytest.raises(SystemExit) as info:
+        train.run(cfg, run_dir, launch=None)
+    monkeypatch.undo()
+    status = json.loads((run_dir / "status.json").read_text())
+    if how == "signal":
+        assert info.value.code == 143 and status["reason"] == "SIGTERM"
+        assert (
+            checkpoint.read_manifest(run_dir / "checkpoints")["last"]
+            == f"step_{straight['steps_per_epoch'] + 2}.pt"
+        )
+    else:
+        assert info.value.code == 130
+    assert status["status"] == "interrupted"
+
+    assert train.resume(run_dir, [], [], argv=["trainlab", "resume"]) == 0
+    assert_same_run(straight["dir"], run_dir)
+    for tag in ("train/loss", "lr/group0", "val/acc", "test/acc"):
+        assert tb_steps(run_dir, tag) == tb_steps(straight["dir"], tag), tag
+
+
+def test_without_the_rng_restore_the_matrix_would_fail(
+    make_cfg, tmp_path, tmp_path_factory, monkeypatch
+):
+    """Negative control: the same mid-epoch resume with restore_rng disabled differs."""
+    straight = straight_run("memory", make_cfg, tmp_path_factory)
+    cfg = make_cfg(*PATHS["memory"], *COMMON)
+    run_dir = rundir.claim(tmp_path / "run")
+    interrupt_at(monkeypatch, straight["steps_per_epoch"] + 6, "crash")
+    with pytest.raises(SystemExit):
+        train.run(cfg, run_dir, launch=None)
+    monkeypatch.setattr(checkpoint, "restore_rng", lambda state: None)
+    assert train.resume(run_dir, [], [], argv=["trainlab", "resume"]) == 0
+    with pytest.raises(AssertionError):
+        assert_same_run(straight["dir"], run_dir)
+
+
+def test_a_corrupt_newest_checkpoint_resumes_from_the_one_before_exactly(
+    make_cfg, tmp_path, tmp_path_factory, monkeypatch
+):
+    straight = straight_run("memory", make_cfg, tmp_path_factory)
+    s = straight["steps_per_epoch"]
+    cfg = make_cfg(*PATHS["memory"], *COMMON)
+    run_dir = rundir.claim(tmp_path / "run")
+    interrupt_at(monkeypatch, 2 * s + 3, "crash")
+    with pytest.raises(SystemExit):
+        train.run(cfg, run_dir, launch=None)
+    monkeypatch.undo()
+    newest = checkpoint.read_manifest(run_dir / "checkpoints")["last"]
+    path = run_dir / "checkpoints" / newest
+    path.write_bytes(path.read_bytes()[:100])
+    assert train.resume(run_dir, [], [], argv=["trainlab", "resume"]) == 0
+    assert f"{newest}: size or sha256 differs" in (run_dir / "train.log").read_text()
+    assert_same_run(straight["dir"], run_dir)
+    # Events the crashed attempt wrote after the older checkpoint were purged: no step twice.
+    for tag in ("train/loss", "lr/group0", "val/loss"):
+        steps = tb_steps(run_dir, tag)
+        assert steps == sorted(set(steps)) == tb_steps(straight["dir"], tag), tag
+    attempts = json.loads((run_dir / "run.json").read_text())["attempts"]
+    assert attempts[-1]["resumed_from"] != newest
+
+
+def test_resume_refuses_a_changed_model_and_continues_with_more_epochs(make_cfg, tmp_path, capsys):
+    base = ["model=mlp", "model.dropout=0.3", "trainer.max_epochs=2"]
+    run_dir = rundir.claim(tmp_path / "run")
+    train.run(make_cfg(*base), run_dir, launch=None)
+    capsys.readouterr()
+
+    assert train.resume(run_dir, ["model.hidden_sizes=[50,50]"], [], argv=[]) == 2
+    err = capsys.readouterr().err
+    assert "resume would change model.hidden_sizes ([100, 100] -> [50, 50])" in err
+    assert "--allow-change model.hidden_sizes" in err
+    assert train.resume(run_dir, ["trainer.max_epochs=1"], [], argv=[]) == 2
+    assert "the run has trained 2 epochs already" in capsys.readouterr().err
+
+    assert train.resume(run_dir, ["trainer.max_epochs=4"], [], argv=["trainlab", "resume"]) == 0
+    longer = rundir.claim(tmp_path / "longer")
+    train.run(make_cfg(*base[:-1], "trainer.max_epochs=4"), longer, launch=None)
+    assert_same_run(longer, run_dir)
+    assert json.loads((run_dir / "run.json").read_text())["attempts"][-1]["changed"] == {
+        "trainer.max_epochs": [2, 4]
+    }
+    assert "max_epochs: 4" in (run_dir / "config.yaml").read_text()
+    for tag in ("train/loss", "val/acc", "test/acc", "best/val/acc"):
+        steps = tb_steps(run_dir, tag)
+        assert steps == sorted(set(steps)), tag
+    assert tb_steps(run_dir, "test/acc") == [4 * 36 + 1]  # the 2-epoch summary was purged
+
+
+def test_a_nan_stops_the_run_before_the_step_and_keeps_the_last_good_checkpoint(
+    make_cfg, tmp_path, monkeypatch
+):
+    poison_training_forward(monkeypatch, at_call=50)
+    cfg = make_cfg("model=mlp", "trainer.checkpoint.every_n_steps=10")
+    run_dir = rundir.claim(tmp_path / "run")
+    with pytest.raises(
+        Diverged, match=r"train/loss is nan at step 50 \(epoch 2, batch 14\)"
+    ) as info:
+        train.run(cfg, run_dir, launch=None)
+    assert info.value.exit_code == 3
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "diverged"
+    ckpt, entry = checkpoint.load_latest(run_dir / "checkpoints")
+    assert entry["step"] == 40
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
+def test_nan_policy_skip_skips_the_step_and_counts_it(make_cfg, tmp_path, monkeypatch):
+    poison_training_forward(monkeypatch, at_call=50)
+    cfg = make_cfg("model=mlp", "trainer.nan_policy=skip", "trainer.max_epochs=2")
+    results = train.run(cfg, rundir.claim(tmp_path / "run"), launch=None)
+    assert results["steps"] == 2 * 36 - 1  # one batch did not become a step
+    ckpt = checkpoint.load(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert ckpt["loop"]["nan_skips"] == 1
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
+def poison_training_forward(monkeypatch, at_call: int):
+    """The model returns NaN on its at_call-th forward pass in training mode."""
+    real_build, calls = train.build_model, []
+
+    def build(cfg):
+        model = real_build(cfg)
+
+        def hook(module, args, output):
+            if module.training:
+                calls.append(1)
+                if len(calls) == at_call:
+                    return output * float("nan")
+            return output
+
+        model.register_forward_hook(hook)
+        return model
+
+    monkeypatch.setattr(train, "build_model", build)
+
+
+@pytest.mark.parametrize("on_error", ["stop", "continue"])
+def test_a_failed_save_stops_or_continues_and_keeps_the_previous_checkpoint(
+    make_cfg, tmp_path, monkeypatch, on_error
+):
+    real = checkpoint.write_atomic
+
+    def full_disk_from_epoch_2(path, payload):
+        if path.name == "step_72.pt":
+            raise OSError(28, "No space left on device")
+        return real(path, payload)
+
+    monkeypatch.setattr(checkpoint, "write_atomic", full_disk_from_epoch_2)
+    cfg = make_cfg("model=mlp", "trainer.max_epochs=3", f"trainer.checkpoint.on_error={on_error}")
+    run_dir = rundir.claim(tmp_path / "run")
+    if on_error == "stop":
+        with pytest.raises(
+            checkpoint.CheckpointSaveError, match=r"step_72\.pt \(No space left on device\)"
+        ):
+            train.run(cfg, run_dir, launch=None)
+        status = json.loads((run_dir / "status.json").read_text())
+        assert status["status"] == "failed" and "No space left on device" in status["reason"]
+        assert checkpoint.load_latest(run_dir / "checkpoints")[1]["step"] == 36
+    else:
+        results = train.run(cfg, run_dir, launch=None)
+        assert results["epochs"] == 3
+        assert "training goes on" in (run_dir / "train.log").read_text()
+    assert not list((run_dir / "checkpoints").glob(".*.tmp"))
+
+
+def test_resume_adopts_the_thread_count_the_run_was_trained_with(make_cfg, tmp_path, monkeypatch):
+    cfg = make_cfg("model=mlp", "trainer.num_threads=null", "trainer.max_epochs=2")
+    run_dir = rundir.claim(tmp_path / "run")
+    torch.set_num_threads(2)
+    interrupt_at(monkeypatch, 40, "crash")
+    with pytest.raises(SystemExit):
+        train.run(cfg, run_dir, launch=None)
+    monkeypatch.undo()
+    torch.set_num_threads(1)  # "another machine"
+    try:
+        assert train.resume(run_dir, [], [], argv=[]) == 0
+        assert torch.get_num_threads() == 2
+        log_text = (run_dir / "train.log").read_text()
+        assert (
+            "using the 2 CPU threads the run was trained with (this machine's default is 1)"
+            in log_text
+        )
+    finally:
+        torch.set_num_threads(1)
+
+
+def test_a_tampered_config_target_is_refused_before_anything_is_imported(
+    make_cfg, tmp_path, capsys
+):
+    run_dir = rundir.claim(tmp_path / "run")
+    train.run(make_cfg("model=mlp", "trainer.max_epochs=1"), run_dir, launch=None)
+    stored = (run_dir / "config.yaml").read_text()
+    (run_dir / "config.yaml").write_text(stored.replace("trainlab.models.MLP", "os.system"))
+    assert train.resume(run_dir, ["trainer.max_epochs=2"], [], argv=[]) == 2
+    assert "model._target_=os.system: not an allowed target" in capsys.readouterr().err
+
+
+def test_signal_handling_flags_then_a_second_ctrl_c_stops_at_once():
+    from trainlab.signals import Interrupted, graceful_stop
+
+    with graceful_stop() as stop:
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert stop.signum == signal.SIGUSR1
+        with pytest.raises(Interrupted) as info:
+            stop.check()
+        assert info.value.exit_code == 128 + signal.SIGUSR1
+    with graceful_stop() as stop, pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.signum == signal.SIGINT  # the first Ctrl-C only asks
+        os.kill(os.getpid(), signal.SIGINT)  # the second one stops now
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+
+def test_an_allowed_optimizer_change_takes_effect_over_the_saved_state(make_cfg, tmp_path):
+    run_dir = rundir.claim(tmp_path / "run")
+    train.run(make_cfg("model=mlp", "trainer.max_epochs=1"), run_dir, launch=None)
+    overrides = ["trainer.max_epochs=2", "optimizer.lr=0.1"]
+    assert train.resume(run_dir, overrides, ["optimizer.lr"], argv=[]) == 0
+    groups = checkpoint.load(run_dir / "checkpoints" / "last.pt")["optimizer"]["param_groups"]
+    assert [g["lr"] for g in groups] == [0.1]
