@@ -145,3 +145,14 @@ def test_resume_of_a_folder_that_is_no_run_says_so(tmp_path):
     done = run_cli("resume", str(tmp_path), cwd=tmp_path)
     assert done.returncode == 2
     assert "no config.yaml here" in done.stderr
+
+
+def test_a_diverging_run_exits_3_with_status_diverged(tmp_path, data_dir):
+    overrides = ["optimizer=sgd", "optimizer.lr=1e6", "loss=mse", *TINY]
+    done = run_cli("train", *cli_args(tmp_path, data_dir, *overrides), cwd=tmp_path)
+    assert done.returncode == 3, done.stderr
+    assert (
+        "error: train/loss is" in done.stderr and "the last good checkpoint is kept" in done.stderr
+    )
+    (run_dir,) = run_folders(tmp_path)
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "diverged"
