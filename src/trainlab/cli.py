@@ -11,7 +11,10 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from trainlab import config  # noqa: F401  (registers the schema with Hydra's ConfigStore)
+from trainlab import (
+    config,  # noqa: F401  (registers the schema with Hydra's ConfigStore)
+    sweep,  # (registers the job folder name resolver)
+)
 from trainlab.errors import EXIT_CONFIG
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -22,6 +25,7 @@ usage: trainlab <verb> [args]
 verbs:
   train [overrides]     train one run; -m sweeps (Hydra overrides: model=mlp optimizer.lr=0.1)
   resume RUN_DIR [k=v]  continue an interrupted run in place, exactly where it stopped
+  report DIR            one table of the runs under DIR (a sweep, or all of outputs/)
 
 `trainlab train --help` lists the config groups and their options.
 """
@@ -86,7 +90,26 @@ def resume(args: list[str]) -> int:
     return train_module.resume(ns.run_dir, ns.overrides, ns.allow_change, argv=argv)
 
 
-VERBS = {"train": train, "resume": resume}
+def report(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="trainlab report",
+        description="One table of runs: a sweep folder, or any folder of runs (e.g. outputs).",
+    )
+    parser.add_argument("root", type=Path, help="a sweep folder or any folder holding runs")
+    parser.add_argument("--sort", metavar="COLUMN", help="sort by a column (e.g. best, seed)")
+    parser.add_argument("--desc", action="store_true", help="sort in descending order")
+    parser.add_argument(
+        "--group-by",
+        metavar="KEY",
+        help="aggregate over KEY (e.g. seed): mean ± std per configuration",
+    )
+    parser.add_argument("--format", choices=("md", "csv"), default="md")
+    ns = parser.parse_args(args)
+    sort = f"-{ns.sort}" if ns.sort and ns.desc else ns.sort
+    return sweep.report(ns.root, sort, ns.group_by, ns.format)
+
+
+VERBS = {"train": train, "resume": resume, "report": report}
 
 
 def main(argv: list[str] | None = None) -> int:

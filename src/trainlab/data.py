@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -193,13 +194,25 @@ class LoaderBatches:
             # Each iterator draws a base seed; from its own generator, not the global one, so
             # loading never moves the stream that dropout and the like draw from.
             generator=torch.Generator().manual_seed(epoch_seed(self.seed, epoch)),
+            worker_init_fn=_default_signals,
         )
-        for x, y in loader:
-            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        batches_left = iter(loader)
+        try:
+            for x, y in batches_left:
+                yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        finally:
+            del batches_left  # an epoch cut short (a signal, max_steps) stops its workers now
 
     def sample(self, n: int) -> tuple[Tensor, Target]:
         x, y = default_collate([self.dataset[i] for i in range(min(n, len(self.dataset)))])
         return x.to(self.device), y.to(self.device)
+
+
+def _default_signals(worker_id: int) -> None:
+    """Workers are forked from a process whose SIGTERM/SIGINT/SIGUSR1 only set a flag (see
+    signals.py); a worker must die when its DataLoader terminates it."""
+    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+        signal.signal(s, signal.SIG_DFL)
 
 
 def make_batches(

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -169,37 +169,38 @@ def fit(
         epoch_start = time.perf_counter()
         # Batches add into `interval`; each log point folds it into the epoch's sums.
         epoch_sums, interval = _epoch_sums(task, device, state)
-        batches = parts.train.epoch(state.epoch, start=state.batch_in_epoch)
-        for group in _groups(batches, per_step):
-            results, bad_loss = train_step(
-                model, group, parts.loss_fn, optimizer, trainer.grad_clip_norm
-            )
-            if bad_loss is not None:
-                _non_finite(trainer, state, bad_loss)  # raises Diverged, or skips this step
+        # closing(): an epoch left early (max_steps, a signal, an error) releases its loader
+        # (DataLoader workers) at once rather than whenever the frame is collected.
+        with closing(parts.train.epoch(state.epoch, start=state.batch_in_epoch)) as batches:
+            for group in _groups(batches, per_step):
+                results, bad_loss = train_step(
+                    model, group, parts.loss_fn, optimizer, trainer.grad_clip_norm
+                )
+                if bad_loss is not None:
+                    _non_finite(trainer, state, bad_loss)  # raises Diverged, or skips this step
+                    state.batch_in_epoch += len(group)
+                    continue
+                for (loss, output), (_, y) in zip(results, group, strict=True):
+                    tasks.accumulate(task, interval, loss, output, y)
+                state.step += 1
                 state.batch_in_epoch += len(group)
-                continue
-            for (loss, output), (_, y) in zip(results, group, strict=True):
-                tasks.accumulate(task, interval, loss, output, y)
-            state.step += 1
-            state.batch_in_epoch += len(group)
-            if scheduler is not None and parts.scheduler_interval == "step":
-                step_in_epoch = -(-state.batch_in_epoch // per_step)
-                _step_per_batch(scheduler, state.epoch + (step_in_epoch - 1) / steps_per_epoch)
-            if state.step % trainer.log_every_n_steps == 0:
-                _log_train(writer, task, interval, optimizer, state.step)
-                tasks.add(epoch_sums, interval)
-                interval = tasks.new_sums(task, device)
-            now = time.perf_counter()
-            state.train_s, clock = state.train_s + now - clock, now
-            if trainer.max_steps is not None and state.step >= trainer.max_steps:
-                break
-            if state.batch_in_epoch < len(parts.train):  # the epoch's end saves on its own
-                step_due = ckpt.every_n_steps and state.step % ckpt.every_n_steps == 0
-                if step_due or stop.signum is not None:
-                    _save(
-                        ckpt, parts, state, None, sums={"epoch": epoch_sums, "interval": interval}
-                    )
-                stop.check()
+                if scheduler is not None and parts.scheduler_interval == "step":
+                    step_in_epoch = -(-state.batch_in_epoch // per_step)
+                    _step_per_batch(scheduler, state.epoch + (step_in_epoch - 1) / steps_per_epoch)
+                if state.step % trainer.log_every_n_steps == 0:
+                    _log_train(writer, task, interval, optimizer, state.step)
+                    tasks.add(epoch_sums, interval)
+                    interval = tasks.new_sums(task, device)
+                now = time.perf_counter()
+                state.train_s, clock = state.train_s + now - clock, now
+                if trainer.max_steps is not None and state.step >= trainer.max_steps:
+                    break
+                if state.batch_in_epoch < len(parts.train):  # the epoch's end saves on its own
+                    step_due = ckpt.every_n_steps and state.step % ckpt.every_n_steps == 0
+                    if step_due or stop.signum is not None:
+                        sums = {"epoch": epoch_sums, "interval": interval}
+                        _save(ckpt, parts, state, None, sums=sums)
+                    stop.check()
         _log_train(writer, task, interval, optimizer, state.step)
         tasks.add(epoch_sums, interval)
         if state.batch_in_epoch >= len(parts.train):

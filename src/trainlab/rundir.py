@@ -104,7 +104,7 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
+    return datetime.now(timezone.utc).astimezone().isoformat(timespec="milliseconds")
 
 
 def write_status(run_dir: Path, status: str, reason: str | None = None) -> None:

@@ -14,6 +14,7 @@ import platform
 import random
 import signal
 import sys
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,8 +47,10 @@ class Resume:
     allow: list[str] = field(default_factory=list)
 
 
-def hydra_task(cfg: DictConfig) -> float | None:
-    """The body of each `trainlab train` job; returns the best monitored value (for sweepers)."""
+def hydra_task(cfg: DictConfig) -> float:
+    """The body of each `trainlab train` job; returns the best monitored value (what a
+    sweeper optimises). In a sweep a failing job records its status and returns NaN: it is a
+    row of the sweep's summary (and a failed Optuna trial), not the end of the sweep."""
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
@@ -55,6 +58,10 @@ def hydra_task(cfg: DictConfig) -> float | None:
     # `trainlab resume` started anywhere else.
     for key in cfg.paths:
         cfg.paths[key] = str(Path(cfg.paths[key]).resolve())
+    parallel = _parallel_jobs(hydra_cfg.launcher)
+    if cfg.trainer.num_threads is None and parallel > 1:
+        # Jobs running side by side share the cores instead of each taking all of them.
+        cfg.trainer.num_threads = max(1, (os.cpu_count() or 1) // parallel)
     launch = {
         "overrides": list(hydra_cfg.overrides.task),
         "choices": {
@@ -69,12 +76,33 @@ def hydra_task(cfg: DictConfig) -> float | None:
             found = config.changes(config.load_run_config(run_dir), cfg)
             config.check_resume_changes(found, allowed=[])
             resume = Resume(found)
+        elif multirun and (run_dir / "config.yaml").is_file() and cfg.trainer.resume != "auto":
+            raise ConfigError(
+                f"{run_dir}: this job's folder holds a run already and a run never overwrites "
+                "another; use a new hydra.sweep.dir, or trainer.resume=auto to continue it"
+            )
         results = run(cfg, run_dir, launch=launch, resume=resume, multirun=multirun)
     except TrainlabError as e:
-        if multirun:
-            raise  # Hydra records the job as failed and goes on with the sweep
-        raise SystemExit(rundir.report(e)) from None
-    return results["best"].get(cfg.trainer.monitor)
+        if not multirun:
+            raise SystemExit(rundir.report(e)) from None
+        if not (run_dir / "status.json").is_file():
+            rundir.write_status(run_dir, "failed", str(e))
+        print(f"error: job {run_dir.name}: {e}", file=sys.stderr)
+        return math.nan
+    except Exception:
+        if not multirun:
+            raise
+        traceback.print_exc()  # an internal error: the whole story, but the sweep goes on
+        return math.nan
+    return results["best"].get(cfg.trainer.monitor, math.nan)
+
+
+def _parallel_jobs(launcher: DictConfig) -> int:
+    """Jobs a launcher runs at once on this machine (joblib's n_jobs; -1 = one per core)."""
+    n = launcher.get("n_jobs") if launcher is not None else None
+    if not isinstance(n, int):
+        return 1
+    return (os.cpu_count() or 1) + 1 + n if n < 0 else n
 
 
 def resume(run_dir: Path, overrides: list[str], allow: list[str], argv: list[str]) -> int:
