@@ -59,6 +59,7 @@ def state_dict(
     model: nn.Module,
     optimizer: Optimizer,
     scheduler: LRScheduler | None,
+    scaler: torch.amp.GradScaler | None,
     loop: dict[str, Any],
     config: dict[str, Any],
     environment: dict[str, Any],
@@ -68,6 +69,7 @@ def state_dict(
         "model": unwrap(model).state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "grad_scaler": scaler.state_dict() if scaler is not None else None,
         "loop": loop,
         "rng": capture_rng(),
         "config": config,
@@ -80,6 +82,7 @@ def restore(
     model: nn.Module,
     optimizer: Optimizer,
     scheduler: LRScheduler | None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> dict[str, Any]:
     """Load every stateful part from `ckpt` and return the loop state. The random streams are
     not restored here: the caller restores ckpt["rng"] with restore_rng as the very last thing
@@ -89,6 +92,8 @@ def restore(
     optimizer.load_state_dict(ckpt["optimizer"])
     if scheduler is not None:
         scheduler.load_state_dict(ckpt["scheduler"])
+    if scaler is not None:
+        scaler.load_state_dict(ckpt["grad_scaler"])
     return ckpt["loop"]
 
 
@@ -168,8 +173,14 @@ def save(
             manifest["files"][best_name] = entry | {"resumable": False}
         _point(ckpt_dir / "best.pt", best_name)
         manifest["best"] = best_name
+    # Rotation is decided before the commit: the manifest stops naming the dropped files in
+    # the same write that adds the new one, and only then are they deleted.
+    dropped = _rotated_out(manifest, policy)
+    for name in dropped:
+        del manifest["files"][name]
     _write_manifest(ckpt_dir, manifest)
-    _rotate(ckpt_dir, manifest, policy)
+    for name in dropped:
+        (ckpt_dir / name).unlink(missing_ok=True)
 
 
 def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -287,20 +298,13 @@ def _write_manifest(ckpt_dir: Path, manifest: dict[str, Any]) -> None:
         ) from e
 
 
-def _rotate(ckpt_dir: Path, manifest: dict[str, Any], policy: Policy) -> None:
-    """Drop what the policy no longer keeps: never what last or best name, never a file the
-    manifest does not list. The manifest is rewritten first, so it never names a missing file."""
+def _rotated_out(manifest: dict[str, Any], policy: Policy) -> list[str]:
+    """What the policy no longer keeps: never what last or best name, and only files the
+    manifest lists (anything else in the folder is not ours)."""
     files = manifest["files"]
     by_step = sorted(files, key=lambda n: files[n]["step"], reverse=True)
     resumable = [n for n in by_step if files[n].get("resumable", True)]
     best = [n for n in by_step if files[n].get("best")]
     keep = {manifest.get("last"), manifest.get("best")}
     keep |= set(resumable[: max(policy.keep_last, 2)]) | set(best[: policy.top_k])
-    dropped = [n for n in files if n not in keep]
-    if not dropped:
-        return
-    for name in dropped:
-        del files[name]
-    _write_manifest(ckpt_dir, manifest)
-    for name in dropped:
-        (ckpt_dir / name).unlink(missing_ok=True)
+    return [n for n in files if n not in keep]

@@ -49,6 +49,10 @@ class TrainerConfig:
     num_threads: int | None = MISSING
     monitor: str = MISSING
     mode: str = MISSING
+    precision: str = MISSING
+    channels_last: bool = MISSING
+    compile: bool = MISSING
+    tf32: bool = MISSING
     nan_policy: str = MISSING
     nan_skip_limit: int = MISSING
     resume: str = MISSING
@@ -172,6 +176,12 @@ def check(cfg: DictConfig) -> None:
         )
     _one_of(cfg, "trainer.checkpoint.on_error", ("stop", "continue"))
     _one_of(cfg, "trainer.nan_policy", ("stop", "skip"))
+    _one_of(cfg, "trainer.precision", ("fp32", "bf16", "fp16"))
+    if cfg.trainer.channels_last and len(cfg.dataset.input_shape) != 3:
+        raise ConfigError(
+            f"trainer.channels_last=true: it lays out (channels, height, width) images, but "
+            f"dataset.input_shape={list(cfg.dataset.input_shape)}; set trainer.channels_last=false"
+        )
     _one_of(cfg, "trainer.resume", ("never", "auto"))
     _positive(cfg, "trainer.grad_clip_norm", optional=True)
     _at_least(cfg, "trainer.early_stopping.min_delta", 0.0)
@@ -203,6 +213,11 @@ def _check_monitor(cfg: DictConfig) -> None:
 
 def _check_optimizer(cfg: DictConfig) -> None:
     target = cfg.optimizer._target_
+    if target == "torch.optim.LBFGS" and cfg.trainer.precision == "fp16":
+        raise ConfigError(
+            "trainer.precision=fp16: its grad scaler cannot drive LBFGS's closure; use "
+            "trainer.precision=bf16 or fp32 with optimizer=lbfgs"
+        )
     if target == "torch.optim.LBFGS" and cfg.optimizer.param_groups:
         raise ConfigError(
             "optimizer.param_groups: torch.optim.LBFGS keeps one parameter group; set "

@@ -171,6 +171,7 @@ class LoaderBatches:
         self.dataset = SeededSamples(dataset, seed)
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.device, self.num_workers = device, num_workers
+        self.memory_format = torch.contiguous_format
 
     def __len__(self) -> int:
         return math.ceil(len(self.dataset) / self.batch_size)
@@ -199,7 +200,10 @@ class LoaderBatches:
         batches_left = iter(loader)
         try:
             for x, y in batches_left:
-                yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                x = x.to(self.device, non_blocking=True)
+                if x.dim() == 4 and self.memory_format == torch.channels_last:
+                    x = x.contiguous(memory_format=self.memory_format)
+                yield x, y.to(self.device, non_blocking=True)
         finally:
             del batches_left  # an epoch cut short (a signal, max_steps) stops its workers now
 
@@ -222,10 +226,17 @@ def make_batches(
     seed: int,
     device: torch.device,
     num_workers: int = 0,
+    memory_format: torch.memory_format = torch.contiguous_format,
 ) -> TensorBatches | LoaderBatches:
+    """Batches of an in-memory split or a Dataset. channels_last image batches: an in-memory
+    split is converted once (indexing keeps the layout), loaded batches one by one."""
     if isinstance(split, Split):
+        if memory_format == torch.channels_last and split.x.dim() == 4:
+            split = Split(split.x.contiguous(memory_format=memory_format), split.y)
         return TensorBatches(split, batch_size, shuffle, seed)
-    return LoaderBatches(split, batch_size, shuffle, seed, device, num_workers)
+    loader = LoaderBatches(split, batch_size, shuffle, seed, device, num_workers)
+    loader.memory_format = memory_format
+    return loader
 
 
 # ---- checks of the data against the config ----

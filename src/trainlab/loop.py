@@ -5,9 +5,10 @@ checkpoint."""
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import AbstractContextManager, closing, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import CosineAnnealingWarmRestarts, LRScheduler, ReduceLROnPlateau
 from torch.utils.tensorboard import SummaryWriter
 
+import trainlab
 from trainlab import checkpoint, metrics, tasks
 from trainlab.checkpoint import CheckpointSaveError
 from trainlab.config import monitor_mode
@@ -44,7 +46,25 @@ class Parts:
     task: Task
     train: Batches
     val: Batches
+    precision: Precision
     eval_with_average: bool = False  # ASGD: validate, test and keep best.pt with `ax`
+    # Check the loss before every optimizer step (one scalar read, free on the CPU, a device
+    # sync on a GPU); otherwise at log points and before every save, so a NaN is never saved.
+    check_every_step: bool = True
+
+
+@dataclass
+class Precision:
+    """trainer.precision: the autocast dtype (None: fp32) and, for fp16, the grad scaler."""
+
+    device_type: str
+    dtype: torch.dtype | None = None
+    scaler: torch.amp.GradScaler | None = None
+
+    def autocast(self) -> AbstractContextManager:
+        if self.dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
 
 
 @dataclass
@@ -61,6 +81,7 @@ class LoopState:
     stopped_early: bool = False
     nan_skips: int = 0  # steps skipped for a non-finite loss (trainer.nan_policy=skip)
     train_s: float = 0.0  # seconds spent in fit, over every attempt
+    checkpoint_s: float = 0.0  # of which writing checkpoints
     history: list[dict[str, float]] = field(default_factory=list)  # one record per epoch
     # Saved mid-epoch only: the epoch's and the log interval's running sums, so a resumed
     # epoch reports exactly what the uninterrupted one would have.
@@ -91,60 +112,91 @@ def train_step(
     loss_fn: nn.Module,
     optimizer: Optimizer,
     grad_clip_norm: float | None,
+    precision: Precision,
+    check_finite: bool = True,
 ) -> tuple[list[tuple[Tensor, Any]], float | None]:
     """One optimizer step over one or more batches (gradient accumulation): zero the grads,
-    forward and backward each batch with its loss scaled by 1/len(batches), clip, step.
-    Returns each batch's detached loss and output from the first evaluation, and None, or the
-    loss value if it was NaN/Inf: then the optimizer did not step.
+    forward (under autocast) and backward each batch with its loss scaled by 1/len(batches),
+    clip, step. Returns each batch's detached loss and output from the first evaluation, and
+    None, or the loss value if it was NaN/Inf: then the optimizer did not step.
 
     The step takes a closure, as LBFGS needs (it re-evaluates the loss several times); every
-    other optimizer calls it exactly once, which is the usual forward/backward/step. The
-    closure checks its first loss before the optimizer touches anything (one scalar read).
+    other optimizer calls it exactly once, which is the usual forward/backward/step. With
+    check_finite the first loss is checked before the optimizer touches anything.
     """
     first: list[tuple[Tensor, Any]] = []
-    n = len(batches)
-    checked = False
+    n, scaler = len(batches), precision.scaler
 
-    def closure() -> Tensor:
-        nonlocal checked
+    def forward_backward() -> Tensor:
         optimizer.zero_grad(set_to_none=True)
         total: Tensor | None = None
         for x, y in batches:
-            output = model(x)
-            loss = loss_fn(output, y)
+            with precision.autocast():
+                output = model(x)
+                loss = loss_fn(output, y)
             scaled = loss / n if n > 1 else loss
-            scaled.backward()
+            (scaler.scale(scaled) if scaler is not None else scaled).backward()
             total = scaled.detach() if total is None else total + scaled.detach()
             if len(first) < n:
                 first.append((loss.detach(), _detach(output)))
+        return total  # type: ignore[return-value]
+
+    checked = not check_finite
+
+    def closure() -> Tensor:
+        nonlocal checked
+        total = forward_backward()
         if not checked:
             checked = True
             if not bool(torch.isfinite(total)):
-                raise NonFiniteLoss(float(total))  # type: ignore[arg-type]
+                raise NonFiniteLoss(float(total))
         if grad_clip_norm is not None:
             nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm)
-        return total  # type: ignore[return-value]
+        return total
 
+    if scaler is None:
+        try:
+            optimizer.step(closure)
+        except NonFiniteLoss as e:
+            optimizer.zero_grad(set_to_none=True)
+            return first, e.value
+        return first, None
+    # fp16: GradScaler cannot drive a closure. It skips a step whose gradients overflowed and
+    # lowers its scale: that is not divergence, only a non-finite loss is.
     try:
-        optimizer.step(closure)
+        closure_total = forward_backward()
+        if check_finite and not bool(torch.isfinite(closure_total)):
+            raise NonFiniteLoss(float(closure_total))
     except NonFiniteLoss as e:
         optimizer.zero_grad(set_to_none=True)
         return first, e.value
+    if grad_clip_norm is not None:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm)
+    scaler.step(optimizer)
+    scaler.update()
     return first, None
 
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, batches: Batches, loss_fn: nn.Module, task: Task, split: str
+    model: nn.Module,
+    batches: Batches,
+    loss_fn: nn.Module,
+    task: Task,
+    split: str,
+    precision: Precision | None = None,
 ) -> dict[str, float]:
-    """The task's metrics over `batches` as {split/metric: value}; leaves the model's
-    train/eval mode as it found it."""
+    """The task's metrics over `batches` as {split/metric: value}, under the run's autocast;
+    leaves the model's train/eval mode as it found it."""
     was_training = model.training
     model.eval()
     sums = tasks.new_sums(task, batches.device)
     for x, y in batches.epoch(0):
-        output = model(x)
-        tasks.accumulate(task, sums, loss_fn(output, y), output, y)
+        with precision.autocast() if precision is not None else nullcontext():
+            output = model(x)
+            loss = loss_fn(output, y)
+        tasks.accumulate(task, sums, loss, output, y)
     model.train(was_training)
     return tasks.summarize(task, sums, split)
 
@@ -163,7 +215,7 @@ def fit(
     device, per_step = parts.train.device, trainer.accumulate_grad_batches
     steps_per_epoch = -(-len(parts.train) // per_step)
     max_epochs = None if trainer.max_steps is not None else trainer.max_epochs
-    clock = time.perf_counter()
+    clock, first_step = time.perf_counter(), state.step
     model.train()
     while not _finished(trainer, state):
         epoch_start = time.perf_counter()
@@ -174,8 +226,13 @@ def fit(
         with closing(parts.train.epoch(state.epoch, start=state.batch_in_epoch)) as batches:
             for group in _groups(batches, per_step):
                 results, bad_loss = train_step(
-                    model, group, parts.loss_fn, optimizer, trainer.grad_clip_norm
-                )
+                    model, group, parts.loss_fn, optimizer, trainer.grad_clip_norm,
+                    parts.precision, parts.check_every_step,
+                )  # fmt: skip
+                if state.step == first_step:
+                    log.info(
+                        f"first step {time.perf_counter() - trainlab.STARTED:.1f}s after start"
+                    )
                 if bad_loss is not None:
                     _non_finite(trainer, state, bad_loss)  # raises Diverged, or skips this step
                     state.batch_in_epoch += len(group)
@@ -214,7 +271,9 @@ def fit(
         record["time/samples_per_s"] = epoch_sums["n"].item() / max(seconds, 1e-9)
         if finished or state.epoch % trainer.val_every_epochs == 0:
             with eval_weights(parts):
-                record.update(evaluate(model, parts.val, parts.loss_fn, task, "val"))
+                record.update(
+                    evaluate(model, parts.val, parts.loss_fn, task, "val", parts.precision)
+                )
         improved = _track_best(trainer, state, record)
         if scheduler is not None and parts.scheduler_interval == "epoch":
             _step_per_epoch(scheduler, record.get(trainer.monitor))
@@ -306,10 +365,18 @@ def _log_train(
     optimizer: Optimizer,
     step: int,
 ) -> None:
-    """The train/* means since the last point, and each group's lr."""
+    """The train/* means since the last point, and each group's lr. A non-finite mean means
+    the loss diverged since the last point (when it is not checked at every step)."""
     scalars = tasks.summarize(task, sums, "train")
-    if scalars:
-        metrics.log_scalars(writer, scalars | metrics.lr_scalars(optimizer), step)
+    if not scalars:
+        return
+    if not math.isfinite(scalars["train/loss"]):
+        raise Diverged(
+            f"train/loss is {scalars['train/loss']} in the steps up to {step}; the last good "
+            "checkpoint is kept. Lower optimizer.lr, set trainer.grad_clip_norm, or "
+            "trainer.nan_policy=skip"
+        )
+    metrics.log_scalars(writer, scalars | metrics.lr_scalars(optimizer), step)
 
 
 def _track_best(trainer: DictConfig, state: LoopState, record: dict[str, Any]) -> bool:
@@ -341,12 +408,20 @@ def _save(
     """Save a checkpoint of everything (best.pt too if `best`); `sums` are the running sums of
     an epoch saved in the middle. A failed save stops the run or, with on_error=continue, is
     reported and training goes on (the previous checkpoints are intact either way)."""
+    started = time.perf_counter()
+    if not parts.check_every_step and sums is not None:
+        for part in sums.values():  # never save what a NaN step may have touched
+            if not math.isfinite(float(part["loss"])):
+                raise Diverged(
+                    f"train/loss became {float(part['loss'])} before step {state.step}; the "
+                    "last good checkpoint is kept"
+                )
     loop_state = asdict(state)
     if sums is not None:
         loop_state["partial_sums"] = {
             k: {n: t.cpu() for n, t in v.items()} for k, v in sums.items()
         }
-    args = (parts.model, parts.optimizer, parts.scheduler)
+    args = (parts.model, parts.optimizer, parts.scheduler, parts.precision.scaler)
     snapshot = checkpoint.state_dict(*args, loop_state, ckpt.config, ckpt.environment)
     best_state = None
     if best and parts.eval_with_average:
@@ -365,6 +440,7 @@ def _save(
         if ckpt.on_error == "stop":
             raise
         log.warning(f"{e}; training goes on (trainer.checkpoint.on_error=continue)")
+    state.checkpoint_s += time.perf_counter() - started
 
 
 def _epoch_sums(

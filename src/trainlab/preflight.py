@@ -19,7 +19,7 @@ def preflight(cfg: DictConfig, parts: Parts) -> None:
     model, its buffers and every random stream as they were."""
     x, y = parts.train.sample(2)
     model = parts.model
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
+    with torch.random.fork_rng(devices=[]), torch.no_grad(), parts.precision.autocast():
         model.eval()
         try:
             output = model(x)

@@ -29,7 +29,15 @@ from trainlab import checkpoint, config, metrics, rundir
 from trainlab.build import build_loss, build_model, build_optimizer, build_scheduler
 from trainlab.data import Data, build_data, make_batches
 from trainlab.errors import ConfigError, Diverged, TrainlabError, first_line
-from trainlab.loop import Checkpointing, LoopState, Parts, eval_weights, evaluate, fit
+from trainlab.loop import (
+    Checkpointing,
+    LoopState,
+    Parts,
+    Precision,
+    eval_weights,
+    evaluate,
+    fit,
+)
 from trainlab.metrics import per_label
 from trainlab.preflight import preflight
 from trainlab.signals import Interrupted, graceful_stop
@@ -156,9 +164,8 @@ def run(
             if resume is not None:
                 checkpoint.sweep_temp_files(ckpt_dir)
                 saved, entry = checkpoint.load_latest(ckpt_dir)
-                state = LoopState(
-                    **checkpoint.restore(saved, parts.model, parts.optimizer, parts.scheduler)
-                )
+                restorable = (parts.model, parts.optimizer, parts.scheduler, parts.precision.scaler)
+                state = LoopState(**checkpoint.restore(saved, *restorable))
                 _check_environment(saved["environment"], environment, resume.allow)
                 _check_length(cfg.trainer, state)
                 _apply_optimizer_changes(parts, resume.changes)
@@ -302,6 +309,9 @@ def _setup_torch(trainer: DictConfig) -> torch.device:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.benchmark = not trainer.deterministic
+    # TF32 matmuls and convolutions on GPUs that have them (Ampere and later).
+    torch.backends.cuda.matmul.allow_tf32 = trainer.tf32
+    torch.backends.cudnn.allow_tf32 = trainer.tf32
     if trainer.accelerator == "cpu":
         return torch.device("cpu")
     if torch.cuda.is_available():
@@ -321,19 +331,36 @@ def _seed_everything(seed: int) -> None:
 
 
 def _build_parts(cfg: DictConfig, data: Data, device: torch.device) -> Parts:
+    t, workers = cfg.trainer, cfg.dataset.get("num_workers", 0)
     _seed_everything(cfg.seed)  # the model's initial weights come from the run seed
-    model = build_model(cfg.model).to(device)
+    memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
+    model = build_model(cfg.model).to(device, memory_format=memory_format)
     loss_fn = build_loss(cfg.loss).to(device)
     optimizer = build_optimizer(cfg.optimizer, model)  # after .to(device): it holds the params
-    t, workers = cfg.trainer, cfg.dataset.get("num_workers", 0)
-    train = make_batches(data.train, t.batch_size, True, cfg.seed, device, workers)
-    val = make_batches(data.val, t.batch_size, False, cfg.seed, device, workers)
+    if t.compile:
+        model = torch.compile(model)  # same parameters; checkpoints save the unwrapped module
+    train = make_batches(data.train, t.batch_size, True, cfg.seed, device, workers, memory_format)
+    val = make_batches(data.val, t.batch_size, False, cfg.seed, device, workers, memory_format)
     interval = cfg.scheduler.interval
     total = _run_length(t, math.ceil(len(train) / t.accumulate_grad_batches), interval)
     scheduler = build_scheduler(cfg.scheduler, optimizer, total, config.monitor_mode(t))
-    average = bool(cfg.optimizer.get("eval_with_average", False))
-    task = Task.from_config(cfg.dataset)
-    return Parts(model, loss_fn, optimizer, scheduler, interval, task, train, val, average)
+    return Parts(
+        model, loss_fn, optimizer, scheduler, interval,
+        task=Task.from_config(cfg.dataset),
+        train=train,
+        val=val,
+        precision=_precision(t.precision, device),
+        eval_with_average=bool(cfg.optimizer.get("eval_with_average", False)),
+        # A per-step check is free on the CPU; on a GPU it is a sync per step, so it is only
+        # made when skipping a bad step needs it (see loop.Parts).
+        check_every_step=device.type == "cpu" or t.nan_policy == "skip",
+    )  # fmt: skip
+
+
+def _precision(name: str, device: torch.device) -> Precision:
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+    scaler = torch.amp.GradScaler(device.type) if name == "fp16" else None
+    return Precision(device.type, dtype, scaler)
 
 
 def _run_length(trainer: DictConfig, steps_per_epoch: int, interval: str) -> int:
@@ -352,9 +379,10 @@ def _environment(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
         "num_threads": torch.get_num_threads(),
         "device": str(device),
         "device_name": name,
-        "precision": "fp32",
+        "precision": cfg.trainer.precision,
         "world_size": 1,
         "deterministic": cfg.trainer.deterministic,
+        "tf32": cfg.trainer.tf32 and device.type == "cuda",
     }
 
 
@@ -372,11 +400,16 @@ def _test_and_record(
     checkpoint.unwrap(parts.model).load_state_dict(best["model"])
     workers = cfg.dataset.get("num_workers", 0)
     device = parts.train.device
-    test_batches = make_batches(data.test, cfg.trainer.batch_size, False, cfg.seed, device, workers)
+    memory_format = torch.channels_last if cfg.trainer.channels_last else torch.contiguous_format
+    test_batches = make_batches(
+        data.test, cfg.trainer.batch_size, False, cfg.seed, device, workers, memory_format
+    )
     # best.pt already holds the weights that were validated (the ASGD average, if asked for).
     parts.eval_with_average = False
     with eval_weights(parts):
-        test = evaluate(parts.model, test_batches, parts.loss_fn, parts.task, "test")
+        test = evaluate(
+            parts.model, test_batches, parts.loss_fn, parts.task, "test", parts.precision
+        )
     best_record = next(r for r in state.history if r["step"] == state.best_step)
     validated = [r for r in state.history if any(k.startswith("val/") for k in r)]
     results = {
@@ -389,6 +422,7 @@ def _test_and_record(
         "steps": state.step,
         "stopped_early": state.stopped_early,
         "train_s": state.train_s,
+        "checkpoint_s": state.checkpoint_s,
     }
     rundir.write_json(run_dir / "metrics.json", results)
     scalars = {f"best/{cfg.trainer.monitor}": best_record[cfg.trainer.monitor]}
