@@ -30,6 +30,7 @@ NEEDS = {
     "model/cnn": ["dataset=digits"],
     "model/lenet": SMALL_FAKE,
     "model/torchvision": [*SMALL_FAKE, "model.name=resnet18"],
+    "model/resnet9": [*SMALL_FAKE, "model.width=8"],
     "model/fcn": ["experiment=segmentation"],
     "model/multihead": ["experiment=multitask"],
     "loss/nll": ["experiment=mnist1d_nll"],
@@ -74,7 +75,7 @@ def test_every_option_trains_a_few_steps(path, make_cfg, tmp_path):
     run_dir = rundir.claim(tmp_path / "run")
     results = train.run(cfg, run_dir, launch={"overrides": [], "choices": {group: option}})
 
-    history = checkpoint.load(run_dir / "checkpoints" / "last.pt")["loop"]["history"]
+    history = checkpoint.history(checkpoint.load(run_dir / "checkpoints" / "last.pt"))
     assert results["steps"] == 3
     assert all(math.isfinite(r["train/loss"]) for r in history)
     assert all(math.isfinite(v) for v in results["test"].values())

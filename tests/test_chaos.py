@@ -60,7 +60,7 @@ def assert_bitwise_equal(a: Path, b: Path) -> None:
             assert torch.equal(value, y["optimizer"]["state"][index][name]), name
     assert x["scheduler"] == y["scheduler"]
     untimed = [
-        [{k: v for k, v in r.items() if not k.startswith("time/")} for r in c["loop"]["history"]]
+        [{k: v for k, v in r.items() if not k.startswith("time/")} for r in checkpoint.history(c)]
         for c in (x, y)
     ]
     assert untimed[0] == untimed[1]

@@ -46,7 +46,7 @@ def train_a_little(model, optimizer, scheduler, steps=3):
 def snapshot(model, optimizer, scheduler, step=6):
     loop = {"epoch": 2, "step": step, "best": 0.5, "history": [{"epoch": 1, "val/loss": 0.7}]}
     env = {"torch": str(torch.__version__), "num_threads": 1}
-    return checkpoint.state_dict(model, optimizer, scheduler, None, loop, {"seed": 0}, env)
+    return checkpoint.state_dict(model, optimizer, scheduler, None, loop, "seed: 0\n", env)
 
 
 def save_steps(folder, steps, best_steps=(), policy=KEEP):

@@ -51,7 +51,8 @@ def test_help_and_cfg_answer_without_importing_torch():
         [sys.executable, "-c", code, "train", "--help"], capture_output=True, text=True
     ).stdout
     assert (
-        "model: cnn, cnn1d, fcn, gru, lenet, mlp, multihead, sequential, torchvision" in help_text
+        "model: cnn, cnn1d, fcn, gru, lenet, mlp, multihead, resnet9, sequential, torchvision"
+        in help_text
     )
     assert "scheduler: cosine, cosine_warm_restarts, exponential, lambda_warmup" in help_text
 

@@ -103,7 +103,7 @@ def test_each_scheduler_traces_the_lr_torch_gives_by_hand(path, make_cfg, tmp_pa
     acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
     acc.Reload()
     traced = [(e.step, e.value) for e in acc.Scalars("lr/group0")]
-    history = checkpoint.load(run_dir / "checkpoints" / "last.pt")["loop"]["history"]
+    history = checkpoint.history(checkpoint.load(run_dir / "checkpoints" / "last.pt"))
 
     # By hand: torch's scheduler on a bare SGD, stepped as its docs describe.
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.optimizer.lr)

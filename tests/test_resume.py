@@ -48,7 +48,7 @@ def assert_same_run(a_dir, b_dir):
                 torch.as_tensor(value), torch.as_tensor(b["optimizer"]["state"][index][name])
             ), name
     assert a["scheduler"] == b["scheduler"]
-    assert untimed(a["loop"]["history"]) == untimed(b["loop"]["history"])
+    assert untimed(checkpoint.history(a)) == untimed(checkpoint.history(b))
     assert ma["test"] == mb["test"] and ma["best"]["step"] == mb["best"]["step"]
 
 
@@ -242,10 +242,10 @@ def test_a_failed_save_stops_or_continues_and_keeps_the_previous_checkpoint(
 ):
     real = checkpoint.write_atomic
 
-    def full_disk_from_epoch_2(path, payload):
+    def full_disk_from_epoch_2(path, payload, **kwargs):
         if path.name == "step_72.pt":
             raise OSError(28, "No space left on device")
-        return real(path, payload)
+        return real(path, payload, **kwargs)
 
     monkeypatch.setattr(checkpoint, "write_atomic", full_disk_from_epoch_2)
     cfg = make_cfg("model=mlp", "trainer.max_epochs=3", f"trainer.checkpoint.on_error={on_error}")

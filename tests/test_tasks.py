@@ -20,7 +20,9 @@ def measure(task: Task, output, y, loss=0.5):
 def test_classification_accuracy_skips_ignored_labels():
     out = torch.tensor([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0], [0.0, 1.0]])
     y = torch.tensor([0, 0, -100, 1])  # right, wrong, ignored, right
-    assert measure(Task("classification", 2), out, y)["val/acc"] == pytest.approx(2 / 3)
+    assert measure(Task("classification", 2, ignored_labels=True), out, y)[
+        "val/acc"
+    ] == pytest.approx(2 / 3)
 
 
 def test_binary_accuracy_reads_logit_signs_for_both_label_conventions():

@@ -50,7 +50,7 @@ def test_a_run_writes_every_output(make_cfg, tmp_path):
     assert saved == json.loads(json.dumps(results))
     assert saved["epochs"] == 2 and 0.0 <= saved["test"]["test/acc"] <= 1.0
     assert saved["best"]["val/acc"] == max(
-        r["val/acc"] for r in checkpoint.load(run_dir / "checkpoints/last.pt")["loop"]["history"]
+        r["val/acc"] for r in checkpoint.history(checkpoint.load(run_dir / "checkpoints/last.pt"))
     )
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
         "best.pt", "last.pt", "manifest.json", "step_36.pt", "step_72.pt",

@@ -12,8 +12,11 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
+import queue
 import random
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,16 +64,20 @@ def state_dict(
     scheduler: LRScheduler | None,
     scaler: torch.amp.GradScaler | None,
     loop: dict[str, Any],
-    config: dict[str, Any],
+    config: str,
     environment: dict[str, Any],
 ) -> dict[str, Any]:
+    """The checkpoint dict. `config` is the resolved config as YAML text: one string pickles
+    in microseconds where a nested dict takes milliseconds (torch.save calls back into Python
+    for every object), and this runs at every save; the per-epoch history is packed into one
+    tensor for the same reason."""
     return {
         "schema_version": SCHEMA_VERSION,
         "model": unwrap(model).state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "grad_scaler": scaler.state_dict() if scaler is not None else None,
-        "loop": loop,
+        "loop": loop | {"history": pack_history(loop["history"])},
         "rng": capture_rng(),
         "config": config,
         "environment": environment,
@@ -94,14 +101,45 @@ def restore(
         scheduler.load_state_dict(ckpt["scheduler"])
     if scaler is not None:
         scaler.load_state_dict(ckpt["grad_scaler"])
-    return ckpt["loop"]
+    return ckpt["loop"] | {"history": unpack_history(ckpt["loop"]["history"])}
+
+
+def history(ckpt: dict[str, Any]) -> list[dict[str, float]]:
+    """The per-epoch records a loaded checkpoint holds."""
+    return unpack_history(ckpt["loop"]["history"])
+
+
+def pack_history(history: list[dict[str, float]]) -> dict[str, Any]:
+    """The per-epoch records as one float64 tensor (NaN where a record lacks a key) and the
+    column names: a few objects to pickle instead of thousands. Exact: every value is a float
+    or an int below 2**53."""
+    columns = list(dict.fromkeys(key for record in history for key in record))
+    values = [[float(r.get(c, math.nan)) for c in columns] for r in history]
+    tensor = torch.tensor(values, dtype=torch.float64).reshape(len(history), len(columns))
+    return {"columns": columns, "values": tensor}
+
+
+def unpack_history(packed: dict[str, Any]) -> list[dict[str, float]]:
+    records = []
+    for row in packed["values"].tolist():
+        record = {c: v for c, v in zip(packed["columns"], row, strict=True) if not math.isnan(v)}
+        for key in ("epoch", "step"):
+            if key in record:
+                record[key] = int(record[key])
+        records.append(record)
+    return records
 
 
 def capture_rng() -> dict[str, Any]:
     version, mt_state, gauss = random.getstate()
     _, keys, pos, has_gauss, cached = np.random.get_state()
     return {
-        "python": {"version": version, "state": torch.tensor(mt_state), "gauss": gauss},
+        # via numpy: torch.tensor() of 625 Python ints takes five times as long
+        "python": {
+            "version": version,
+            "state": torch.from_numpy(np.array(mt_state, dtype=np.int64)),
+            "gauss": gauss,
+        },
         "numpy": {
             "keys": torch.from_numpy(keys.astype(np.int64)),
             "pos": int(pos),
@@ -148,6 +186,13 @@ class Policy:
     top_k: int  # best-so-far checkpoints kept (best.pt is the newest of them)
 
 
+def serialize(state: dict[str, Any]) -> bytes:
+    """The checkpoint file's bytes: the snapshot, taken in the training thread."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
 def save(
     ckpt_dir: Path,
     state: dict[str, Any],
@@ -159,17 +204,30 @@ def save(
     """Write `state` as step_<n>.pt and make it last.pt; if `best`, also best.pt (best_state, if
     given, is a different payload for it: ASGD's averaged weights). Then commit the manifest
     and rotate. A failed write leaves the previous files and manifest as they were."""
+    best_payload = serialize(best_state) if best_state is not None else None
+    commit(ckpt_dir, serialize(state), info, policy, best, best_payload)
+
+
+def commit(
+    ckpt_dir: Path,
+    payload: bytes,
+    info: dict[str, Any],
+    policy: Policy,
+    best: bool = False,
+    best_payload: bytes | None = None,
+) -> None:
+    """The file work of save(), for serialised payloads."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     manifest = read_manifest(ckpt_dir)
     name = f"step_{info['step']}.pt"
-    manifest["files"][name] = _write(ckpt_dir / name, state, info, best and best_state is None)
+    manifest["files"][name] = _write(ckpt_dir / name, payload, info, best and best_payload is None)
     _point(ckpt_dir / "last.pt", name)
     manifest["last"] = name
     if best:
         best_name = name
-        if best_state is not None:
+        if best_payload is not None:
             best_name = f"best_step_{info['step']}.pt"
-            entry = _write(ckpt_dir / best_name, best_state, info, best=True)
+            entry = _write(ckpt_dir / best_name, best_payload, info, best=True)
             manifest["files"][best_name] = entry | {"resumable": False}
         _point(ckpt_dir / "best.pt", best_name)
         manifest["best"] = best_name
@@ -181,6 +239,50 @@ def save(
     _write_manifest(ckpt_dir, manifest)
     for name in dropped:
         (ckpt_dir / name).unlink(missing_ok=True)
+
+
+class Writer:
+    """Writes checkpoints in a background thread, one at a time and in order: the training
+    thread serialises (that is the snapshot; pickling holds the GIL, so it would gain nothing
+    in a thread) and goes on while the files are written, hashed and fsynced and the manifest
+    committed. A save waits for the previous one; wait() returns when everything handed over
+    is committed and re-raises a failure. The thread lives as long as the writer (a daemon:
+    a killed run loses at most the save in flight, which the manifest never committed)."""
+
+    def __init__(self, ckpt_dir: Path, policy: Policy) -> None:
+        self.ckpt_dir, self.policy = ckpt_dir, policy
+        self._jobs: queue.Queue = queue.Queue(maxsize=1)
+        self._done = threading.Event()
+        self._done.set()
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+
+    def submit(
+        self, payload: bytes, info: dict[str, Any], best: bool, best_payload: bytes | None
+    ) -> None:
+        """Hand over serialised checkpoints; returns once the previous save is done."""
+        self.wait()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="checkpoint", daemon=True)
+            self._thread.start()
+        self._done.clear()
+        self._jobs.put((self.ckpt_dir, payload, info, self.policy, best, best_payload))
+
+    def wait(self) -> None:
+        self._done.wait()
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            try:
+                commit(*job)
+            except BaseException as e:  # handed to the training thread by wait()
+                self._error = e
+            finally:
+                self._done.set()
 
 
 def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -258,12 +360,9 @@ def sweep_temp_files(folder: Path) -> list[Path]:
     return stale
 
 
-def _write(path: Path, state: dict[str, Any], info: dict[str, Any], best: bool) -> dict[str, Any]:
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    payload = buffer.getvalue()
+def _write(path: Path, payload: bytes, info: dict[str, Any], best: bool) -> dict[str, Any]:
     try:
-        write_atomic(path, payload)
+        write_atomic(path, payload, sync_folder=False)  # the manifest's commit syncs the folder
     except OSError as e:
         raise CheckpointSaveError(
             f"could not write {path} ({e.strerror or e}); the checkpoints written before it are "

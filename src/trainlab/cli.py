@@ -42,9 +42,46 @@ def _train_app(cfg: DictConfig) -> float | None:
     return train.hydra_task(cfg)
 
 
+def train_help() -> str:
+    """`trainlab train --help`, from the conf/ folder alone: Hydra's own help composes every
+    group's options (about a second); this is a directory listing."""
+    groups = sorted(
+        p.relative_to(CONF_DIR).as_posix()
+        for p in CONF_DIR.rglob("*")
+        if p.is_dir() and any(p.glob("*.yaml"))
+    )
+    lines = [
+        "usage: trainlab train [-m] [group=option ...] [key=value ...]",
+        "",
+        "Trains one run (with -m, one job per combination: a sweep) from conf/train.yaml and",
+        "the options picked below; any key can be overridden (optimizer.lr=0.05).",
+        "",
+        "config groups (conf/<group>/<option>.yaml):",
+    ]
+    for group in groups:
+        options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+        lines.append(f"  {group}: {', '.join(options)}")
+    lines += [
+        "  (and Hydra's own: hydra/launcher=joblib for parallel local jobs, hydra/sweeper=basic)",
+        "",
+        "examples:",
+        "  trainlab train model=mlp optimizer=sgd optimizer.lr=0.05 scheduler=cosine",
+        "  trainlab train experiment=mnist1d_gru",
+        "  trainlab train -m optimizer=sgd,adam seed=0,1,2",
+        "  trainlab train -m hparams_search=optuna",
+        "",
+        "trainlab train --cfg job     the composed config, every key with its value",
+        "trainlab train --hydra-help  Hydra's own flags (--multirun, --cfg, --info, ...)",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def train(args: list[str]) -> int:
     global _task_entered
     _task_entered = False
+    if "--help" in args or "-h" in args:
+        print(train_help(), end="")
+        return 0
     if not (CONF_DIR / "train.yaml").is_file():
         print(
             f"error: trainlab's conf/ folder is not at {CONF_DIR}; conf/ ships in the checkout, "

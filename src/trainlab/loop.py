@@ -9,12 +9,11 @@ import math
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, closing, contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import CosineAnnealingWarmRestarts, LRScheduler, ReduceLROnPlateau
@@ -23,7 +22,7 @@ from torch.utils.tensorboard import SummaryWriter
 import trainlab
 from trainlab import checkpoint, metrics, tasks
 from trainlab.checkpoint import CheckpointSaveError
-from trainlab.config import monitor_mode
+from trainlab.config import TrainerConfig, monitor_mode
 from trainlab.data import LoaderBatches, TensorBatches
 from trainlab.errors import Diverged
 from trainlab.signals import StopRequest
@@ -93,12 +92,16 @@ class Checkpointing:
     """Where, when and with what fixed context fit writes checkpoints (trainer.checkpoint)."""
 
     directory: Path
-    config: dict[str, Any]
+    config: str  # the resolved config as YAML text
     environment: dict[str, Any]
     policy: checkpoint.Policy
     every_n_epochs: int | None
     every_n_steps: int | None
     on_error: str  # stop | continue: what a failed save does
+    writer: checkpoint.Writer = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.writer = checkpoint.Writer(self.directory, self.policy)
 
 
 class NonFiniteLoss(Exception):
@@ -120,8 +123,8 @@ def train_step(
     clip, step. Returns each batch's detached loss and output from the first evaluation, and
     None, or the loss value if it was NaN/Inf: then the optimizer did not step.
 
-    The step takes a closure, as LBFGS needs (it re-evaluates the loss several times); every
-    other optimizer calls it exactly once, which is the usual forward/backward/step. With
+    The work is a closure, as LBFGS needs (it re-evaluates the loss several times); for every
+    other optimizer it runs once before the step: the usual forward/backward/step. With
     check_finite the first loss is checked before the optimizer touches anything.
     """
     first: list[tuple[Tensor, Any]] = []
@@ -148,15 +151,20 @@ def train_step(
         total = forward_backward()
         if not checked:
             checked = True
-            if not bool(torch.isfinite(total)):
-                raise NonFiniteLoss(float(total))
+            value = total.item()  # on a GPU a sync; on the CPU, well under a microsecond
+            if not math.isfinite(value):
+                raise NonFiniteLoss(value)
         if grad_clip_norm is not None:
             nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm)
         return total
 
     if scaler is None:
         try:
-            optimizer.step(closure)
+            if isinstance(optimizer, torch.optim.LBFGS):
+                optimizer.step(closure)
+            else:  # what step(closure) does for every other optimizer, minus a context switch
+                closure()
+                optimizer.step()
         except NonFiniteLoss as e:
             optimizer.zero_grad(set_to_none=True)
             return first, e.value
@@ -164,9 +172,9 @@ def train_step(
     # fp16: GradScaler cannot drive a closure. It skips a step whose gradients overflowed and
     # lowers its scale: that is not divergence, only a non-finite loss is.
     try:
-        closure_total = forward_backward()
-        if check_finite and not bool(torch.isfinite(closure_total)):
-            raise NonFiniteLoss(float(closure_total))
+        total = forward_backward()
+        if check_finite and not math.isfinite(value := total.item()):
+            raise NonFiniteLoss(value)
     except NonFiniteLoss as e:
         optimizer.zero_grad(set_to_none=True)
         return first, e.value
@@ -202,7 +210,7 @@ def evaluate(
 
 
 def fit(
-    trainer: DictConfig,
+    trainer: TrainerConfig,
     parts: Parts,
     state: LoopState,
     writer: SummaryWriter,
@@ -217,84 +225,91 @@ def fit(
     max_epochs = None if trainer.max_steps is not None else trainer.max_epochs
     clock, first_step = time.perf_counter(), state.step
     model.train()
-    while not _finished(trainer, state):
-        epoch_start = time.perf_counter()
-        # Batches add into `interval`; each log point folds it into the epoch's sums.
-        epoch_sums, interval = _epoch_sums(task, device, state)
-        # closing(): an epoch left early (max_steps, a signal, an error) releases its loader
-        # (DataLoader workers) at once rather than whenever the frame is collected.
-        with closing(parts.train.epoch(state.epoch, start=state.batch_in_epoch)) as batches:
-            for group in _groups(batches, per_step):
-                results, bad_loss = train_step(
-                    model, group, parts.loss_fn, optimizer, trainer.grad_clip_norm,
-                    parts.precision, parts.check_every_step,
-                )  # fmt: skip
-                if state.step == first_step:
-                    log.info(
-                        f"first step {time.perf_counter() - trainlab.STARTED:.1f}s after start"
-                    )
-                if bad_loss is not None:
-                    _non_finite(trainer, state, bad_loss)  # raises Diverged, or skips this step
+    try:
+        while not _finished(trainer, state):
+            epoch_start = time.perf_counter()
+            # Batches add into `interval`; each log point folds it into the epoch's sums.
+            epoch_sums, interval = _epoch_sums(task, device, state)
+            # closing(): an epoch left early (max_steps, a signal, an error) releases its loader
+            # (DataLoader workers) at once rather than whenever the frame is collected.
+            with closing(parts.train.epoch(state.epoch, start=state.batch_in_epoch)) as batches:
+                for group in _groups(batches, per_step):
+                    results, bad_loss = train_step(
+                        model, group, parts.loss_fn, optimizer, trainer.grad_clip_norm,
+                        parts.precision, parts.check_every_step,
+                    )  # fmt: skip
+                    if state.step == first_step:
+                        log.info(
+                            f"first step {time.perf_counter() - trainlab.STARTED:.1f}s after start"
+                        )
+                    if bad_loss is not None:
+                        _non_finite(trainer, state, bad_loss)  # raises Diverged, or skips this step
+                        state.batch_in_epoch += len(group)
+                        continue
+                    for (loss, output), (_, y) in zip(results, group, strict=True):
+                        tasks.accumulate(task, interval, loss, output, y)
+                    state.step += 1
                     state.batch_in_epoch += len(group)
-                    continue
-                for (loss, output), (_, y) in zip(results, group, strict=True):
-                    tasks.accumulate(task, interval, loss, output, y)
-                state.step += 1
-                state.batch_in_epoch += len(group)
-                if scheduler is not None and parts.scheduler_interval == "step":
-                    step_in_epoch = -(-state.batch_in_epoch // per_step)
-                    _step_per_batch(scheduler, state.epoch + (step_in_epoch - 1) / steps_per_epoch)
-                if state.step % trainer.log_every_n_steps == 0:
-                    _log_train(writer, task, interval, optimizer, state.step)
-                    tasks.add(epoch_sums, interval)
-                    interval = tasks.new_sums(task, device)
-                now = time.perf_counter()
-                state.train_s, clock = state.train_s + now - clock, now
-                if trainer.max_steps is not None and state.step >= trainer.max_steps:
-                    break
-                if state.batch_in_epoch < len(parts.train):  # the epoch's end saves on its own
-                    step_due = ckpt.every_n_steps and state.step % ckpt.every_n_steps == 0
-                    if step_due or stop.signum is not None:
-                        sums = {"epoch": epoch_sums, "interval": interval}
-                        _save(ckpt, parts, state, None, sums=sums)
-                    stop.check()
-        _log_train(writer, task, interval, optimizer, state.step)
-        tasks.add(epoch_sums, interval)
-        if state.batch_in_epoch >= len(parts.train):
-            state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-        finished = _finished(trainer, state)
+                    if scheduler is not None and parts.scheduler_interval == "step":
+                        step_in_epoch = -(-state.batch_in_epoch // per_step)
+                        _step_per_batch(
+                            scheduler, state.epoch + (step_in_epoch - 1) / steps_per_epoch
+                        )
+                    if state.step % trainer.log_every_n_steps == 0:
+                        _log_train(writer, task, interval, optimizer, state.step)
+                        tasks.add(task, epoch_sums, interval)
+                        interval = tasks.new_sums(task, device)
+                    now = time.perf_counter()
+                    state.train_s, clock = state.train_s + now - clock, now
+                    if trainer.max_steps is not None and state.step >= trainer.max_steps:
+                        break
+                    if state.batch_in_epoch < len(parts.train):  # the epoch's end saves on its own
+                        step_due = ckpt.every_n_steps and state.step % ckpt.every_n_steps == 0
+                        if step_due or stop.signum is not None:
+                            sums = {"epoch": epoch_sums, "interval": interval}
+                            _save(ckpt, parts, state, None, sums=sums)
+                        stop.check()
+            _log_train(writer, task, interval, optimizer, state.step)
+            tasks.add(task, epoch_sums, interval)
+            if state.batch_in_epoch >= len(parts.train):
+                state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+            finished = _finished(trainer, state)
 
-        seconds = time.perf_counter() - epoch_start
-        record: dict[str, Any] = {"epoch": state.epoch, "step": state.step}
-        record.update(tasks.summarize(task, epoch_sums, "train"))
-        record["time/epoch_s"] = seconds
-        record["time/samples_per_s"] = epoch_sums["n"].item() / max(seconds, 1e-9)
-        if finished or state.epoch % trainer.val_every_epochs == 0:
-            with eval_weights(parts):
-                record.update(
-                    evaluate(model, parts.val, parts.loss_fn, task, "val", parts.precision)
+            seconds = time.perf_counter() - epoch_start
+            record: dict[str, Any] = {"epoch": state.epoch, "step": state.step}
+            record.update(tasks.summarize(task, epoch_sums, "train"))
+            record["time/epoch_s"] = seconds
+            record["time/samples_per_s"] = epoch_sums["n"] / max(seconds, 1e-9)
+            if finished or state.epoch % trainer.val_every_epochs == 0:
+                with eval_weights(parts):
+                    record.update(
+                        evaluate(model, parts.val, parts.loss_fn, task, "val", parts.precision)
+                    )
+            improved = _track_best(trainer, state, record)
+            if scheduler is not None and parts.scheduler_interval == "epoch":
+                _step_per_epoch(scheduler, record.get(trainer.monitor))
+            state.history.append(record)
+            # train/* went out with the last interval above; the epoch adds val/* and time/*.
+            epoch_scalars = {k: v for k, v in record.items() if k.startswith(("val/", "time/"))}
+            metrics.log_scalars(writer, epoch_scalars, state.step)
+            log.info(metrics.format_epoch(state.epoch, max_epochs, record))
+
+            patience = trainer.early_stopping.patience
+            if patience is not None and state.bad_validations >= patience:
+                state.stopped_early = True
+                log.info(
+                    f"early stopping: {trainer.monitor} did not improve in {patience} validations"
                 )
-        improved = _track_best(trainer, state, record)
-        if scheduler is not None and parts.scheduler_interval == "epoch":
-            _step_per_epoch(scheduler, record.get(trainer.monitor))
-        state.history.append(record)
-        # train/* went out with the last interval above; the epoch adds val/* and time/*.
-        epoch_scalars = {k: v for k, v in record.items() if k.startswith(("val/", "time/"))}
-        metrics.log_scalars(writer, epoch_scalars, state.step)
-        log.info(metrics.format_epoch(state.epoch, max_epochs, record))
-
-        patience = trainer.early_stopping.patience
-        if patience is not None and state.bad_validations >= patience:
-            state.stopped_early = True
-            log.info(f"early stopping: {trainer.monitor} did not improve in {patience} validations")
-        finished = finished or state.stopped_early
-        now = time.perf_counter()
-        state.train_s, clock = state.train_s + now - clock, now
-        epoch_due = ckpt.every_n_epochs and state.epoch % ckpt.every_n_epochs == 0
-        step_due = ckpt.every_n_steps and state.step % ckpt.every_n_steps == 0
-        if finished or improved or epoch_due or step_due or stop.signum is not None:
-            _save(ckpt, parts, state, record.get(trainer.monitor), best=improved)
-        stop.check()
+            finished = finished or state.stopped_early
+            now = time.perf_counter()
+            state.train_s, clock = state.train_s + now - clock, now
+            epoch_due = ckpt.every_n_epochs and state.epoch % ckpt.every_n_epochs == 0
+            step_due = ckpt.every_n_steps and state.step % ckpt.every_n_steps == 0
+            if finished or improved or epoch_due or step_due or stop.signum is not None:
+                _save(ckpt, parts, state, record.get(trainer.monitor), best=improved)
+            stop.check()
+    finally:
+        _drain(ckpt)  # every save handed to the writer is committed before fit returns
     return state
 
 
@@ -350,7 +365,7 @@ def _step_per_epoch(scheduler: LRScheduler, monitored: float | None) -> None:
         scheduler.step()
 
 
-def _finished(trainer: DictConfig, state: LoopState) -> bool:
+def _finished(trainer: TrainerConfig, state: LoopState) -> bool:
     if state.stopped_early:
         return True
     if trainer.max_steps is not None:
@@ -379,7 +394,7 @@ def _log_train(
     metrics.log_scalars(writer, scalars | metrics.lr_scalars(optimizer), step)
 
 
-def _track_best(trainer: DictConfig, state: LoopState, record: dict[str, Any]) -> bool:
+def _track_best(trainer: TrainerConfig, state: LoopState, record: dict[str, Any]) -> bool:
     """Update best/bad_validations from this epoch's record; True if the monitor improved."""
     value = record.get(trainer.monitor)
     if value is None:
@@ -409,25 +424,25 @@ def _save(
     an epoch saved in the middle. A failed save stops the run or, with on_error=continue, is
     reported and training goes on (the previous checkpoints are intact either way)."""
     started = time.perf_counter()
-    if not parts.check_every_step and sums is not None:
-        for part in sums.values():  # never save what a NaN step may have touched
-            if not math.isfinite(float(part["loss"])):
+    # A shallow dict: torch.save serialises it at once, nothing needs a copy.
+    loop_state = {f.name: getattr(state, f.name) for f in fields(state)}
+    if sums is not None:
+        partial = {k: tasks.state(parts.task, v) for k, v in sums.items()}
+        for part in partial.values():  # never save what a NaN step may have touched
+            if not parts.check_every_step and not math.isfinite(float(part["loss"])):
                 raise Diverged(
                     f"train/loss became {float(part['loss'])} before step {state.step}; the "
                     "last good checkpoint is kept"
                 )
-    loop_state = asdict(state)
-    if sums is not None:
-        loop_state["partial_sums"] = {
-            k: {n: t.cpu() for n, t in v.items()} for k, v in sums.items()
-        }
+        loop_state["partial_sums"] = partial
     args = (parts.model, parts.optimizer, parts.scheduler, parts.precision.scaler)
     snapshot = checkpoint.state_dict(*args, loop_state, ckpt.config, ckpt.environment)
-    best_state = None
+    best_payload = None
     if best and parts.eval_with_average:
         with eval_weights(parts):  # best.pt holds the weights that were validated: `ax`
-            weights = checkpoint.unwrap(parts.model).state_dict()
-            best_state = snapshot | {"model": {k: v.clone() for k, v in weights.items()}}
+            averaged = snapshot | {"model": checkpoint.unwrap(parts.model).state_dict()}
+            best_payload = checkpoint.serialize(averaged)
+    payload = checkpoint.serialize(snapshot)  # the snapshot; the files are written meanwhile
     info = {
         "epoch": state.epoch,
         "step": state.step,
@@ -435,12 +450,22 @@ def _save(
         "metric": metric,
     }
     try:
-        checkpoint.save(ckpt.directory, snapshot, info, ckpt.policy, best, best_state)
+        ckpt.writer.submit(payload, info, best, best_payload)  # waits for the previous save
     except CheckpointSaveError as e:
         if ckpt.on_error == "stop":
             raise
         log.warning(f"{e}; training goes on (trainer.checkpoint.on_error=continue)")
+        ckpt.writer.submit(payload, info, best, best_payload)
     state.checkpoint_s += time.perf_counter() - started
+
+
+def _drain(ckpt: Checkpointing) -> None:
+    try:
+        ckpt.writer.wait()
+    except CheckpointSaveError as e:
+        if ckpt.on_error == "stop":
+            raise
+        log.warning(f"{e}; training goes on (trainer.checkpoint.on_error=continue)")
 
 
 def _epoch_sums(
@@ -450,12 +475,10 @@ def _epoch_sums(
     if state.partial_sums is None:
         return tasks.new_sums(task, device), tasks.new_sums(task, device)
     saved, state.partial_sums = state.partial_sums, None
-    return tuple(
-        {k: v.to(device) for k, v in saved[part].items()} for part in ("epoch", "interval")
-    )  # type: ignore[return-value]
+    return tasks.from_state(saved["epoch"], device), tasks.from_state(saved["interval"], device)
 
 
-def _non_finite(trainer: DictConfig, state: LoopState, value: float) -> None:
+def _non_finite(trainer: TrainerConfig, state: LoopState, value: float) -> None:
     where = f"step {state.step + 1} (epoch {state.epoch + 1}, batch {state.batch_in_epoch + 1})"
     if trainer.nan_policy == "skip" and state.nan_skips < trainer.nan_skip_limit:
         state.nan_skips += 1

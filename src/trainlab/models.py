@@ -170,6 +170,42 @@ class GRUClassifier(nn.Module):
         return self.linear(out.flatten(1) if self.readout == "all" else out[:, -1])
 
 
+class ResNet9(nn.Module):
+    """The fast CIFAR-10 ResNet-9 (Page, 2018; Keller Jordan's airbench family): prep conv, then
+    three stages (conv-pool, with a residual pair after the first and last), max-pool, linear.
+    `width` is the first stage's channels (the stages use width x 2, 4, 8)."""
+
+    def __init__(self, input_shape: Sequence[int], width: int, num_outputs: int) -> None:
+        super().__init__()
+        _need_image(input_shape, "resnet9")
+        w = width
+
+        def block(c_in: int, c_out: int, pool: bool = False) -> nn.Sequential:
+            layers = [
+                nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+                nn.BatchNorm2d(c_out),
+                nn.ReLU(),
+            ]
+            return nn.Sequential(*layers, *([nn.MaxPool2d(2)] if pool else []))
+
+        self.prep = block(input_shape[0], w)
+        self.layer1 = block(w, 2 * w, pool=True)
+        self.res1 = nn.Sequential(block(2 * w, 2 * w), block(2 * w, 2 * w))
+        self.layer2 = block(2 * w, 4 * w, pool=True)
+        self.layer3 = block(4 * w, 8 * w, pool=True)
+        self.res3 = nn.Sequential(block(8 * w, 8 * w), block(8 * w, 8 * w))
+        self.head = nn.Sequential(
+            nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(8 * w, num_outputs)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.layer1(self.prep(x))
+        h = h + self.res1(h)
+        h = self.layer3(self.layer2(h))
+        h = h + self.res3(h)
+        return self.head(h)
+
+
 def sequential(layers: Mapping[str, nn.Module]) -> nn.Sequential:
     """nn.Sequential from a name -> layer mapping, keeping the names (fc1.weight, ...)."""
     return nn.Sequential(OrderedDict((str(name), layer) for name, layer in layers.items()))

@@ -74,9 +74,10 @@ def archive_hydra_record(run_dir: Path) -> None:
         path.rename(archive / path.name)
 
 
-def write_atomic(path: Path, payload: bytes) -> None:
+def write_atomic(path: Path, payload: bytes, sync_folder: bool = True) -> None:
     """Replace `path` with `payload` so that no reader, and no crash, ever sees half a file:
-    temp file in the same folder, fsync, rename over, fsync the folder."""
+    temp file in the same folder, fsync, rename over, fsync the folder (sync_folder=False
+    leaves that to a later write in the same folder, which makes both renames durable)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -88,6 +89,8 @@ def write_atomic(path: Path, payload: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    if not sync_folder:
+        return
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)

@@ -70,6 +70,23 @@ def synthetic_regression(
     return _first_n(x.astype(np.float32), y.astype(np.float32), num_train)
 
 
+def synthetic_classification(
+    num_train: int,
+    num_test: int,
+    input_shape: Sequence[int],
+    num_classes: int,
+    noise: float,
+    seed: int,
+) -> Arrays:
+    """Classes as noisy copies of one random prototype each, in any input shape (vectors or
+    images): quick to make at any size, e.g. for benchmarks."""
+    rng = np.random.default_rng(seed)
+    prototypes = rng.normal(size=(num_classes, *input_shape)).astype(np.float32)
+    labels = rng.integers(0, num_classes, size=num_train + num_test)
+    x = prototypes[labels] + noise * rng.normal(size=(len(labels), *input_shape)).astype(np.float32)
+    return _first_n(x.astype(np.float32), labels.astype(np.int64), num_train)
+
+
 def synthetic_binary(
     num_train: int, num_test: int, num_features: int, noise: float, negative_label: float, seed: int
 ) -> Arrays:

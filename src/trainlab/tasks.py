@@ -1,5 +1,13 @@
 """What each kind of task measures: per-batch sums kept on the device (no sync per step) and
-the means read from them at log time. The metric names are listed in config.TASK_METRICS."""
+the means read from them at log time. The metric names are listed in config.TASK_METRICS.
+
+A batch adds its loss (one kernel, in order) and, for tasks whose metrics are integer counts,
+only references to its detached output and targets: those are reduced together, a few kernels
+for many batches, when the sums are read or enough elements are kept (PENDING_LIMIT). Counts
+are exact however the batches are grouped, so when that happens (a save, a log point) never
+changes a result, and a resumed run reports what the straight run would have. Float sums
+(regression errors) are added batch by batch, in order, for the same reason.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +27,8 @@ class Task:
     num_outputs: int
     num_classes: int | None = None
     heads: dict[str, Task] = field(default_factory=dict)
+    # Whether labels may be negative (ignore_index): only then does accuracy mask them.
+    ignored_labels: bool = False
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> Task:
@@ -30,49 +40,111 @@ def batch_size(y: Target) -> int:
     return next(iter(y.values())).shape[0] if isinstance(y, dict) else y.shape[0]
 
 
-def new_sums(task: Task, device: torch.device) -> dict[str, Tensor]:
-    sums = {"loss": _zeros((), device), "n": _zeros((), device)}
+Sums = dict[str, Any]
+PENDING_LIMIT = 1 << 22  # output elements kept before they are reduced (16 MB of float32)
+
+
+def new_sums(task: Task, device: torch.device) -> Sums:
+    sums: Sums = {"loss": _zeros((), device), "n": 0, "pending": [], "pending_numel": 0}
     _add_metric_sums(task, sums, "", device)
     return sums
 
 
-def accumulate(task: Task, sums: dict[str, Tensor], loss: Tensor, output: Any, y: Target) -> None:
-    """Add one batch: the loss weighted by the batch size, and the task's counts."""
-    n = batch_size(y)
-    sums["loss"] += loss.detach() * n
-    sums["n"] += n
+def accumulate(task: Task, sums: Sums, loss: Tensor, output: Any, y: Target) -> None:
+    """Add one batch: keep its loss (weighted later by the batch size), output and targets."""
+    sums["pending"].append((loss.detach(), batch_size(y), output, y))
+    sums["pending_numel"] += sum(o.numel() for o in _leaves(output))
+    if sums["pending_numel"] > PENDING_LIMIT:
+        flush(task, sums)
+
+
+def flush(task: Task, sums: Sums) -> None:
+    """Reduce the kept batches into the sums, all at once."""
+    pending = sums["pending"]
+    if not pending:
+        return
+    losses = torch.stack([loss.reshape(()) for loss, *_ in pending]).to(torch.float64)
+    sizes = [n for _, n, _, _ in pending]
+    sums["loss"] += torch.dot(
+        losses, torch.tensor(sizes, dtype=torch.float64, device=losses.device)
+    )
+    sums["n"] += sum(sizes)
+    output = _cat([o for *_, o, _ in pending])
+    y = _cat([t for *_, t in pending])
     _accumulate(task, sums, "", output, y)
+    pending.clear()
+    sums["pending_numel"] = 0
 
 
-def add(into: dict[str, Tensor], sums: dict[str, Tensor]) -> None:
+def add(task: Task, into: Sums, sums: Sums) -> None:
+    """Fold `sums` into `into` (an interval's into its epoch's); what `into` keeps stays kept."""
+    flush(task, sums)
     for key, value in sums.items():
+        if key in ("pending", "pending_numel"):
+            continue
         into[key] += value
 
 
-def summarize(task: Task, sums: dict[str, Tensor], split: str) -> dict[str, float]:
+def state(task: Task, sums: Sums) -> dict[str, Any]:
+    """The sums as plain values for a checkpoint (the kept batches reduced first)."""
+    flush(task, sums)
+    return {
+        k: v.cpu() if isinstance(v, Tensor) else v
+        for k, v in sums.items()
+        if k not in ("pending", "pending_numel")
+    }
+
+
+def from_state(saved: dict[str, Any], device: torch.device) -> Sums:
+    sums = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in saved.items()}
+    return sums | {"pending": [], "pending_numel": 0}
+
+
+def summarize(task: Task, sums: Sums, split: str) -> dict[str, float]:
     """Means of the sums as {split/metric: value}: the only place that waits for the device."""
-    host = {k: v.double().cpu() for k, v in sums.items()}
-    if host["n"].item() == 0:
+    flush(task, sums)
+    if sums["n"] == 0:
         return {}
-    out = {"loss": host["loss"].item() / host["n"].item()}
+    host = {
+        k: v.double().cpu() if isinstance(v, Tensor) else v
+        for k, v in sums.items()
+        if k not in ("pending", "pending_numel")
+    }
+    out = {"loss": host["loss"].item() / host["n"]}
     out |= _summarize(task, host, "")
     return {f"{split}/{name}": value for name, value in out.items()}
+
+
+def _leaves(value: Any) -> list[Tensor]:
+    return list(value.values()) if isinstance(value, dict) else [value]
+
+
+def _cat(values: list[Any]) -> Any:
+    if isinstance(values[0], dict):
+        return {k: torch.cat([v[k] for v in values]) for k in values[0]}
+    return torch.cat(values) if len(values) > 1 else values[0]
 
 
 def _zeros(shape: tuple[int, ...] | int, device: torch.device) -> Tensor:
     return torch.zeros(shape, dtype=torch.float64, device=device)
 
 
-def _add_metric_sums(task: Task, sums: dict[str, Tensor], p: str, device: torch.device) -> None:
+def _counts(shape: tuple[int, ...] | int, device: torch.device) -> Tensor:
+    return torch.zeros(shape, dtype=torch.int64, device=device)
+
+
+def _add_metric_sums(task: Task, sums: Sums, p: str, device: torch.device) -> None:
     kind = task.kind
     if kind in ("classification", "binary"):
-        sums[p + "correct"], sums[p + "count"] = _zeros((), device), _zeros((), device)
+        sums[p + "correct"], sums[p + "count"] = _counts((), device), 0
+        if task.ignored_labels:
+            sums[p + "count"] = _counts((), device)  # counted on the device, after masking
     elif kind == "regression":
         sums[p + "sq_err"], sums[p + "abs_err"] = _zeros((), device), _zeros((), device)
-        sums[p + "count"] = _zeros((), device)
+        sums[p + "count"] = 0
     elif kind == "multilabel":
         for name in ("tp", "fp", "fn"):
-            sums[p + name] = _zeros(task.num_outputs, device)
+            sums[p + name] = _counts(task.num_outputs, device)
     elif kind == "segmentation":
         classes = max(task.num_classes or task.num_outputs, 2)
         for name in ("inter", "pred", "true"):
@@ -82,14 +154,19 @@ def _add_metric_sums(task: Task, sums: dict[str, Tensor], p: str, device: torch.
             _add_metric_sums(spec, sums, f"{p}{head}_", device)
 
 
-def _accumulate(task: Task, sums: dict[str, Tensor], p: str, output: Any, y: Target) -> None:
+def _accumulate(task: Task, sums: Any, p: str, output: Any, y: Target) -> None:
     kind = task.kind
     if kind == "classification":
-        valid = y >= 0  # negative labels are ignore_index: they count for nothing
-        sums[p + "correct"] += ((output.argmax(-1) == y) & valid).sum()
-        sums[p + "count"] += valid.sum()
+        hits = output.argmax(-1) == y
+        if task.ignored_labels:  # negative labels are ignore_index: they count for nothing
+            valid = y >= 0
+            hits &= valid
+            sums[p + "count"] += torch.count_nonzero(valid)
+        else:
+            sums[p + "count"] += y.numel()
+        sums[p + "correct"] += torch.count_nonzero(hits)
     elif kind == "binary":
-        sums[p + "correct"] += ((output > 0) == (y > 0)).sum()
+        sums[p + "correct"] += torch.count_nonzero((output > 0) == (y > 0))
         sums[p + "count"] += y.numel()
     elif kind == "regression":
         err = output.detach().to(torch.float64) - y.reshape(output.shape)
@@ -98,9 +175,9 @@ def _accumulate(task: Task, sums: dict[str, Tensor], p: str, output: Any, y: Tar
         sums[p + "count"] += err.numel()
     elif kind == "multilabel":
         pred, true = output > 0, y > 0
-        sums[p + "tp"] += (pred & true).sum(0)
-        sums[p + "fp"] += (pred & ~true).sum(0)
-        sums[p + "fn"] += (~pred & true).sum(0)
+        sums[p + "tp"] += torch.count_nonzero(pred & true, dim=0)
+        sums[p + "fp"] += torch.count_nonzero(pred & ~true, dim=0)
+        sums[p + "fn"] += torch.count_nonzero(~pred & true, dim=0)
     elif kind == "segmentation":
         # One output channel is a binary mask by its logit's sign; several are per-class scores.
         pred = (output[:, 0] > 0).long() if output.shape[1] == 1 else output.argmax(1)
@@ -114,12 +191,12 @@ def _accumulate(task: Task, sums: dict[str, Tensor], p: str, output: Any, y: Tar
             _accumulate(spec, sums, f"{p}{head}_", output[head], y[head])
 
 
-def _summarize(task: Task, s: dict[str, Tensor], p: str) -> dict[str, float]:
+def _summarize(task: Task, s: Any, p: str) -> dict[str, float]:
     kind = task.kind
     if kind in ("classification", "binary"):
-        return {p + "acc": s[p + "correct"].item() / max(s[p + "count"].item(), 1)}
+        return {p + "acc": s[p + "correct"].item() / max(float(s[p + "count"]), 1)}
     if kind == "regression":
-        count = max(s[p + "count"].item(), 1)
+        count = max(s[p + "count"], 1)
         return {
             p + "rmse": (s[p + "sq_err"].item() / count) ** 0.5,
             p + "mae": s[p + "abs_err"].item() / count,
