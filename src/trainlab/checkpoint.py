@@ -66,11 +66,13 @@ def state_dict(
     loop: dict[str, Any],
     config: str,
     environment: dict[str, Any],
+    ranks: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The checkpoint dict. `config` is the resolved config as YAML text: one string pickles
     in microseconds where a nested dict takes milliseconds (torch.save calls back into Python
     for every object), and this runs at every save; the per-epoch history is packed into one
-    tensor for the same reason."""
+    tensor for the same reason. Under DDP, `ranks` holds each rank's random streams and
+    running sums (rank 0's are also the top-level ones)."""
     return {
         "schema_version": SCHEMA_VERSION,
         "model": unwrap(model).state_dict(),
@@ -81,6 +83,7 @@ def state_dict(
         "rng": capture_rng(),
         "config": config,
         "environment": environment,
+        "ranks": ranks,
     }
 
 

@@ -45,6 +45,7 @@ class TrainerConfig:
     log_every_n_steps: int = MISSING
     grad_clip_norm: float | None = MISSING
     accelerator: str = MISSING
+    devices: int = MISSING
     deterministic: bool = MISSING
     num_threads: int | None = MISSING
     monitor: str = MISSING
@@ -185,7 +186,8 @@ def check(cfg: DictConfig) -> None:
     _one_of(cfg, "trainer.resume", ("never", "auto"))
     _positive(cfg, "trainer.grad_clip_norm", optional=True)
     _at_least(cfg, "trainer.early_stopping.min_delta", 0.0)
-    _one_of(cfg, "trainer.accelerator", ("auto", "cpu", "cuda"))
+    _one_of(cfg, "trainer.accelerator", ("auto", "cpu", "cuda", "mps"))
+    _check_devices(cfg)
     _one_of(cfg, "trainer.mode", ("auto", "min", "max"))
     _one_of(cfg, "scheduler.interval", ("epoch", "step"))
     _one_of(cfg, "dataset.task", tuple(TASK_METRICS))
@@ -208,6 +210,29 @@ def _check_monitor(cfg: DictConfig) -> None:
         raise ConfigError(
             f"trainer.monitor={monitor}: dataset.task={cfg.dataset.task} reports {choices} "
             "(or the same under train/)"
+        )
+
+
+def _check_devices(cfg: DictConfig) -> None:
+    t = cfg.trainer
+    _at_least(cfg, "trainer.devices", 1)
+    if t.devices == 1:
+        return
+    if t.batch_size % t.devices:
+        raise ConfigError(
+            f"trainer.batch_size={t.batch_size}: it is the global batch, split evenly over "
+            f"trainer.devices={t.devices} processes; make it a multiple of {t.devices} (e.g. "
+            f"{t.batch_size - t.batch_size % t.devices or t.devices})"
+        )
+    if t.accelerator == "mps":
+        raise ConfigError(
+            f"trainer.devices={t.devices}: an Apple GPU (trainer.accelerator=mps) trains in one "
+            "process; set trainer.devices=1"
+        )
+    if cfg.optimizer._target_ == "torch.optim.LBFGS":
+        raise ConfigError(
+            f"trainer.devices={t.devices}: LBFGS's line search decides on each process's own "
+            "loss, so the processes would disagree; use optimizer=lbfgs with trainer.devices=1"
         )
 
 

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
 from trainlab.build import instantiate_node
 from trainlab.errors import DataError
+from trainlab.signals import HANDLED
 from trainlab.tasks import Target
 
 # Keys of a dataset node that describe the data to trainlab and are not loader arguments.
@@ -114,15 +115,49 @@ def epoch_order(n: int, shuffle: bool, seed: int, epoch: int) -> Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(epoch_seed(seed, epoch)))
 
 
+@dataclass(frozen=True)
+class Shard:
+    """This rank's part of the batches under DDP. Training (`split_batches`) gives each rank an
+    equal slice of every global batch, so the ranks together step through the same global
+    order as one process; an epoch's last, short batch is trimmed to a multiple of the world
+    size (at most size-1 samples left out, different ones each epoch) and dropped if shorter
+    than that. Evaluation hands whole batches out in turn (rank r: r, r+size, ...) and keeps
+    every sample; its sums are added up over the ranks."""
+
+    rank: int = 0
+    size: int = 1
+    split_batches: bool = True
+
+    def count(self, n: int, batch_size: int) -> int:
+        """Global batches (training: optimizer micro-steps) per epoch."""
+        full, tail = divmod(n, batch_size)
+        keep_tail = tail > 0 and (not self.split_batches or tail >= self.size)
+        return full + keep_tail
+
+    def batches(self, order: Tensor, batch_size: int, start: int) -> Iterator[Tensor]:
+        """The index tensors of this rank's batches, from global batch `start` on."""
+        for i in range(start, self.count(len(order), batch_size)):
+            batch = order[i * batch_size : (i + 1) * batch_size]
+            if self.size == 1:
+                yield batch
+            elif self.split_batches:
+                per = len(batch) // self.size
+                yield batch[self.rank * per : (self.rank + 1) * per]
+            elif i % self.size == self.rank:
+                yield batch
+
+
 class TensorBatches:
     """Batches of an in-memory split by indexing a permutation: no per-sample collation."""
 
-    def __init__(self, split: Split, batch_size: int, shuffle: bool, seed: int) -> None:
+    def __init__(
+        self, split: Split, batch_size: int, shuffle: bool, seed: int, shard: Shard = Shard()
+    ) -> None:
         self.split, self.batch_size, self.shuffle, self.seed = split, batch_size, shuffle, seed
-        self.device = split.x.device
+        self.device, self.shard = split.x.device, shard
 
     def __len__(self) -> int:
-        return math.ceil(len(self.split) / self.batch_size)
+        return self.shard.count(len(self.split), self.batch_size)
 
     def order(self, epoch: int) -> Tensor:
         return epoch_order(len(self.split), self.shuffle, self.seed, epoch)
@@ -130,8 +165,8 @@ class TensorBatches:
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Target]]:
         """The batches of `epoch`, from batch index `start` on (a resumed run starts mid-way)."""
         order = self.order(epoch).to(self.device)
-        for i in range(start, len(self)):
-            batch = self.split.take(order[i * self.batch_size : (i + 1) * self.batch_size])
+        for idx in self.shard.batches(order, self.batch_size, start):
+            batch = self.split.take(idx)
             yield batch.x, batch.y
 
     def sample(self, n: int) -> tuple[Tensor, Target]:
@@ -167,24 +202,22 @@ class LoaderBatches:
         seed: int,
         device: torch.device,
         num_workers: int,
+        shard: Shard = Shard(),
     ) -> None:
         self.dataset = SeededSamples(dataset, seed)
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
-        self.device, self.num_workers = device, num_workers
+        self.device, self.num_workers, self.shard = device, num_workers, shard
         self.memory_format = torch.contiguous_format
 
     def __len__(self) -> int:
-        return math.ceil(len(self.dataset) / self.batch_size)
+        return self.shard.count(len(self.dataset), self.batch_size)
 
     def order(self, epoch: int) -> Tensor:
         return epoch_order(len(self.dataset), self.shuffle, self.seed, epoch)
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Target]]:
         order = self.order(epoch)
-        batches = [
-            order[i * self.batch_size : (i + 1) * self.batch_size].tolist()
-            for i in range(start, len(self))
-        ]
+        batches = [idx.tolist() for idx in self.shard.batches(order, self.batch_size, start)]
         self.dataset.epoch = epoch  # workers are started per epoch and copy it
         loader = DataLoader(
             self.dataset,
@@ -213,9 +246,9 @@ class LoaderBatches:
 
 
 def _default_signals(worker_id: int) -> None:
-    """Workers are forked from a process whose SIGTERM/SIGINT/SIGUSR1 only set a flag (see
-    signals.py); a worker must die when its DataLoader terminates it."""
-    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+    """Workers are forked from a process whose stop signals only set a flag (see signals.py);
+    a worker must die when its DataLoader terminates it."""
+    for s in HANDLED:
         signal.signal(s, signal.SIG_DFL)
 
 
@@ -227,14 +260,15 @@ def make_batches(
     device: torch.device,
     num_workers: int = 0,
     memory_format: torch.memory_format = torch.contiguous_format,
+    shard: Shard = Shard(),
 ) -> TensorBatches | LoaderBatches:
     """Batches of an in-memory split or a Dataset. channels_last image batches: an in-memory
     split is converted once (indexing keeps the layout), loaded batches one by one."""
     if isinstance(split, Split):
         if memory_format == torch.channels_last and split.x.dim() == 4:
             split = Split(split.x.contiguous(memory_format=memory_format), split.y)
-        return TensorBatches(split, batch_size, shuffle, seed)
-    loader = LoaderBatches(split, batch_size, shuffle, seed, device, num_workers)
+        return TensorBatches(split, batch_size, shuffle, seed, shard)
+    loader = LoaderBatches(split, batch_size, shuffle, seed, device, num_workers, shard)
     loader.memory_format = memory_format
     return loader
 

@@ -20,7 +20,7 @@ from torch.optim.lr_scheduler import CosineAnnealingWarmRestarts, LRScheduler, R
 from torch.utils.tensorboard import SummaryWriter
 
 import trainlab
-from trainlab import checkpoint, metrics, tasks
+from trainlab import checkpoint, distributed, metrics, tasks
 from trainlab.checkpoint import CheckpointSaveError
 from trainlab.config import TrainerConfig, monitor_mode
 from trainlab.data import LoaderBatches, TensorBatches
@@ -98,10 +98,13 @@ class Checkpointing:
     every_n_epochs: int | None
     every_n_steps: int | None
     on_error: str  # stop | continue: what a failed save does
-    writer: checkpoint.Writer = field(init=False)
+    # Under DDP every rank takes part in a save (it hands in its random streams and running
+    # sums) and rank 0 alone writes.
+    main: bool = True
+    writer: checkpoint.Writer | None = field(init=False)
 
     def __post_init__(self) -> None:
-        self.writer = checkpoint.Writer(self.directory, self.policy)
+        self.writer = checkpoint.Writer(self.directory, self.policy) if self.main else None
 
 
 class NonFiniteLoss(Exception):
@@ -129,16 +132,19 @@ def train_step(
     """
     first: list[tuple[Tensor, Any]] = []
     n, scaler = len(batches), precision.scaler
+    # DDP: gradients of all but the last accumulated batch stay local (one all-reduce a step).
+    no_sync = getattr(model, "no_sync", None) if n > 1 else None
 
     def forward_backward() -> Tensor:
         optimizer.zero_grad(set_to_none=True)
         total: Tensor | None = None
-        for x, y in batches:
-            with precision.autocast():
-                output = model(x)
-                loss = loss_fn(output, y)
-            scaled = loss / n if n > 1 else loss
-            (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        for i, (x, y) in enumerate(batches):
+            with no_sync() if no_sync is not None and i < n - 1 else nullcontext():
+                with precision.autocast():
+                    output = model(x)
+                    loss = loss_fn(output, y)
+                scaled = loss / n if n > 1 else loss
+                (scaler.scale(scaled) if scaler is not None else scaled).backward()
             total = scaled.detach() if total is None else total + scaled.detach()
             if len(first) < n:
                 first.append((loss.detach(), _detach(output)))
@@ -151,9 +157,7 @@ def train_step(
         total = forward_backward()
         if not checked:
             checked = True
-            value = total.item()  # on a GPU a sync; on the CPU, well under a microsecond
-            if not math.isfinite(value):
-                raise NonFiniteLoss(value)
+            _check_finite(total)
         if grad_clip_norm is not None:
             nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm)
         return total
@@ -173,8 +177,8 @@ def train_step(
     # lowers its scale: that is not divergence, only a non-finite loss is.
     try:
         total = forward_backward()
-        if check_finite and not math.isfinite(value := total.item()):
-            raise NonFiniteLoss(value)
+        if check_finite:
+            _check_finite(total)
     except NonFiniteLoss as e:
         optimizer.zero_grad(set_to_none=True)
         return first, e.value
@@ -184,6 +188,15 @@ def train_step(
     scaler.step(optimizer)
     scaler.update()
     return first, None
+
+
+def _check_finite(total: Tensor) -> None:
+    """Raise NonFiniteLoss if the loss is NaN/Inf, on every rank if it is on any: DDP has
+    already averaged the gradients, so a bad loss anywhere makes them bad everywhere."""
+    value = total.item()  # on a GPU a sync; on the CPU, well under a microsecond
+    bad = not math.isfinite(value)
+    if distributed.any_rank(bad, total.device):
+        raise NonFiniteLoss(value if bad else math.nan)
 
 
 @torch.no_grad()
@@ -220,6 +233,7 @@ def fit(
     """Train until trainer.max_epochs (or max_steps) or early stopping; return the final state.
     A stop request (a signal) saves at the next step boundary and raises Interrupted."""
     model, optimizer, scheduler, task = parts.model, parts.optimizer, parts.scheduler, parts.task
+    eval_model = distributed.inner(model)
     device, per_step = parts.train.device, trainer.accumulate_grad_batches
     steps_per_epoch = -(-len(parts.train) // per_step)
     max_epochs = None if trainer.max_steps is not None else trainer.max_epochs
@@ -265,10 +279,15 @@ def fit(
                         break
                     if state.batch_in_epoch < len(parts.train):  # the epoch's end saves on its own
                         step_due = ckpt.every_n_steps and state.step % ckpt.every_n_steps == 0
-                        if step_due or stop.signum is not None:
+                        at_log_point = state.step % trainer.log_every_n_steps == 0
+                        stopping = _stop_agreed(
+                            stop, device, parts.check_every_step or at_log_point
+                        )
+                        if step_due or stopping:
                             sums = {"epoch": epoch_sums, "interval": interval}
                             _save(ckpt, parts, state, None, sums=sums)
-                        stop.check()
+                        if stopping:
+                            stop.check()
             _log_train(writer, task, interval, optimizer, state.step)
             tasks.add(task, epoch_sums, interval)
             if state.batch_in_epoch >= len(parts.train):
@@ -283,7 +302,7 @@ def fit(
             if finished or state.epoch % trainer.val_every_epochs == 0:
                 with eval_weights(parts):
                     record.update(
-                        evaluate(model, parts.val, parts.loss_fn, task, "val", parts.precision)
+                        evaluate(eval_model, parts.val, parts.loss_fn, task, "val", parts.precision)
                     )
             improved = _track_best(trainer, state, record)
             if scheduler is not None and parts.scheduler_interval == "epoch":
@@ -305,12 +324,29 @@ def fit(
             state.train_s, clock = state.train_s + now - clock, now
             epoch_due = ckpt.every_n_epochs and state.epoch % ckpt.every_n_epochs == 0
             step_due = ckpt.every_n_steps and state.step % ckpt.every_n_steps == 0
-            if finished or improved or epoch_due or step_due or stop.signum is not None:
+            stopping = _stop_agreed(stop, device, True)
+            if finished or improved or epoch_due or step_due or stopping:
                 _save(ckpt, parts, state, record.get(trainer.monitor), best=improved)
-            stop.check()
+            if stopping:
+                stop.check()
     finally:
         _drain(ckpt)  # every save handed to the writer is committed before fit returns
     return state
+
+
+def _stop_agreed(stop: StopRequest, device: torch.device, compare: bool) -> bool:
+    """Whether to save and stop here. One process: whether a signal came. Under DDP the ranks
+    compare their requests where `compare` (every step on the CPU; on GPUs at log points, to
+    spare a sync per step; every epoch's end) and a signal on any rank stops them all at the
+    same step; elsewhere no rank stops, so none waits in a collective alone."""
+    if not distributed.active():
+        return stop.signum is not None
+    if not compare:
+        return False
+    signum = distributed.max_over_ranks(stop.signum or 0, device)
+    if signum and stop.signum is None:
+        stop.signum = signum  # another rank got the signal: stop with it
+    return signum > 0
 
 
 @contextmanager
@@ -428,15 +464,25 @@ def _save(
     loop_state = {f.name: getattr(state, f.name) for f in fields(state)}
     if sums is not None:
         partial = {k: tasks.state(parts.task, v) for k, v in sums.items()}
-        for part in partial.values():  # never save what a NaN step may have touched
-            if not parts.check_every_step and not math.isfinite(float(part["loss"])):
-                raise Diverged(
-                    f"train/loss became {float(part['loss'])} before step {state.step}; the "
-                    "last good checkpoint is kept"
-                )
+        # Never save what a NaN step may have touched (on any rank).
+        bad = not parts.check_every_step and any(
+            not math.isfinite(float(part["loss"])) for part in partial.values()
+        )
+        if distributed.any_rank(bad, parts.train.device):
+            raise Diverged(
+                f"train/loss became NaN or Inf before step {state.step}; the last good "
+                "checkpoint is kept"
+            )
         loop_state["partial_sums"] = partial
+    # DDP: each rank's own random streams and running sums, for an exact resume of each.
+    ranks = None
+    if distributed.active():
+        mine = {"rng": checkpoint.capture_rng(), "partial_sums": loop_state["partial_sums"]}
+        ranks = distributed.gather_objects(mine)
+    if not ckpt.main:
+        return
     args = (parts.model, parts.optimizer, parts.scheduler, parts.precision.scaler)
-    snapshot = checkpoint.state_dict(*args, loop_state, ckpt.config, ckpt.environment)
+    snapshot = checkpoint.state_dict(*args, loop_state, ckpt.config, ckpt.environment, ranks)
     best_payload = None
     if best and parts.eval_with_average:
         with eval_weights(parts):  # best.pt holds the weights that were validated: `ax`
@@ -460,6 +506,8 @@ def _save(
 
 
 def _drain(ckpt: Checkpointing) -> None:
+    if ckpt.writer is None:
+        return
     try:
         ckpt.writer.wait()
     except CheckpointSaveError as e:

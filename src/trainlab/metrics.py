@@ -21,9 +21,24 @@ from torch.utils.tensorboard.summary import hparams as hparams_summaries
 CORE_HPARAMS = ("seed", "optimizer.lr", "trainer.batch_size", "trainer.max_epochs")
 
 
-def open_writer(tb_dir: Path, purge_step: int | None) -> SummaryWriter:
-    """The run's one event stream. On resume, purge_step (the checkpoint's step + 1) drops the
-    events the crashed attempt wrote after its checkpoint, so no step appears twice."""
+class NoEvents:
+    """What ranks other than 0 get instead of a SummaryWriter: they write no events."""
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        return lambda *args, **kwargs: None
+
+    @property
+    def file_writer(self) -> NoEvents:
+        return self
+
+
+def open_writer(
+    tb_dir: Path, purge_step: int | None, main: bool = True
+) -> SummaryWriter | NoEvents:
+    """The run's one event stream (rank 0's). On resume, purge_step (the checkpoint's step + 1)
+    drops the events the crashed attempt wrote after its checkpoint, so no step appears twice."""
+    if not main:
+        return NoEvents()
     # TensorBoard reads a run's event files in name order, and names start with the creation
     # second: a new attempt's file must sort after the earlier ones, or their older steps read
     # as out of order and get purged.
@@ -96,15 +111,16 @@ def format_epoch(epoch: int, max_epochs: int | None, record: dict[str, float]) -
 
 
 @contextmanager
-def console_and_log_file(log_file: Path) -> Iterator[Callable[[], None]]:
+def console_and_log_file(log_file: Path, rank: int = 0) -> Iterator[Callable[[], None]]:
     """Console lines from the start; train.log (appended) once the run is accepted, with the
-    lines printed before that replayed into it. Yields the function that opens the file."""
+    lines printed before that replayed into it. Yields the function that opens the file.
+    Ranks other than 0 print only warnings and errors, marked [rank R], and write no file."""
     logger = logging.getLogger("trainlab")
     console = logging.StreamHandler(sys.stdout)
-    console.setFormatter(logging.Formatter("%(message)s"))
+    console.setFormatter(logging.Formatter(f"[rank {rank}] %(message)s" if rank else "%(message)s"))
     buffer = logging.handlers.MemoryHandler(capacity=10_000, flushLevel=logging.CRITICAL + 1)
     saved = logger.level, logger.propagate
-    logger.setLevel(logging.INFO)
+    logger.setLevel(logging.WARNING if rank else logging.INFO)
     logger.propagate = False  # Hydra's root handler would print every line a second time
     logger.addHandler(console)
     logger.addHandler(buffer)
@@ -112,6 +128,8 @@ def console_and_log_file(log_file: Path) -> Iterator[Callable[[], None]]:
 
     def start_log_file() -> None:
         nonlocal file_handler
+        if rank:
+            return
         file_handler = logging.FileHandler(log_file, mode="a", encoding="utf-8")
         file_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
         buffer.setTarget(file_handler)

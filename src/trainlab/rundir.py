@@ -170,8 +170,17 @@ class RunFolderCallback(Callback):
     """
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from trainlab.distributed import launched_world  # torch: only when a run starts
+
         HydraConfig.instance().set_config(config)  # run_job sets it too, after this callback
         _check_or_exit(config)
+        if launched_world().rank > 0:
+            # Under torchrun rank 0 alone makes the run folder and shares it (train.hydra_task);
+            # this rank's Hydra writes nothing, in a folder that already exists.
+            with read_write(config.hydra), open_dict(config.hydra):
+                config.hydra.run.dir = os.getcwd()
+                config.hydra.output_subdir = None
+            return
         with read_write(config.hydra.run):
             requested = Path(config.hydra.run.dir)
             if _set_by_user(config, "hydra.run.dir"):
@@ -188,6 +197,12 @@ class RunFolderCallback(Callback):
                 config.hydra.run.dir = str(claim(requested))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            _exit_config_error(
+                "-m under torchrun: every process would run the whole sweep. Run one torchrun "
+                "per sweep point, or let the sweep's launcher start the processes of each job: "
+                "-m hydra/launcher=slurm hydra.launcher.tasks_per_node=N trainer.devices=N"
+            )
         HydraConfig.instance().set_config(config)
         # Sweep values are not applied yet; this checks everything the sweep does not vary.
         _check_or_exit(config)

@@ -1,6 +1,10 @@
-"""Graceful stops: SIGTERM, SIGINT and SIGUSR1 set a flag that the loop reads at each step
-boundary; it then saves a checkpoint, records status interrupted(<signal>) and exits with
-128 + the signal's number. A second SIGINT (Ctrl-C twice) stops at once."""
+"""Graceful stops: SIGTERM, SIGINT, SIGUSR1 and SIGUSR2 set a flag that the loop reads at each
+step boundary; it then saves a checkpoint, records status interrupted(<signal>) and exits with
+128 + the signal's number. A second SIGINT (Ctrl-C twice) stops at once.
+
+A handler that was installed before ours (submitit's, on a SLURM job: it requeues the job on
+USR2, the time-limit signal) is handed the signal after the save, so the requeued job finds
+the checkpoint (trainer.resume=auto)."""
 
 from __future__ import annotations
 
@@ -9,33 +13,40 @@ import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import FrameType
+from typing import Any
 
 from trainlab.errors import TrainlabError
 
 log = logging.getLogger(__name__)
 
-HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
 
 
 class Interrupted(TrainlabError):
     """The run stopped on a signal after saving a checkpoint."""
 
-    def __init__(self, signum: int) -> None:
-        self.signum = signum
+    def __init__(self, signum: int, previous: Any = None) -> None:
+        self.signum, self.previous = signum, previous
         self.exit_code = 128 + signum
         super().__init__(f"stopped by {signal.Signals(signum).name} after saving a checkpoint")
+
+    def hand_on(self) -> None:
+        """Call the handler that was there before ours (submitit's requeue), if it was one."""
+        if callable(self.previous) and self.previous is not signal.default_int_handler:
+            self.previous(self.signum, None)
 
 
 @dataclass
 class StopRequest:
     signum: int | None = None
+    previous: dict[int, Any] = field(default_factory=dict)
 
     def check(self) -> None:
         """Raise Interrupted if a stop was asked for (call it after a checkpoint)."""
         if self.signum is not None:
-            raise Interrupted(self.signum)
+            raise Interrupted(self.signum, self.previous.get(self.signum))
 
 
 @contextmanager
@@ -56,9 +67,9 @@ def graceful_stop() -> Iterator[StopRequest]:
             "stopping (Ctrl-C again stops at once)"
         )
 
-    previous = {s: signal.signal(s, handle) for s in HANDLED}
+    request.previous = {s: signal.signal(s, handle) for s in HANDLED}
     try:
         yield request
     finally:
-        for s, handler in previous.items():
+        for s, handler in request.previous.items():
             signal.signal(s, handler)

@@ -8,6 +8,7 @@ import csv
 import hashlib
 import io
 import math
+import os
 import re
 import statistics
 import sys
@@ -252,7 +253,9 @@ class SweepSummaryCallback(Callback):
                 )
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
-        if config.hydra.mode is not None and str(config.hydra.mode).endswith("MULTIRUN"):
+        multirun = config.hydra.mode is not None and str(config.hydra.mode).endswith("MULTIRUN")
+        # A job of several processes (SLURM tasks): its rank 0 alone writes.
+        if multirun and os.environ.get("RANK", "0") == "0":
             write_summary(Path(config.hydra.sweep.dir))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:

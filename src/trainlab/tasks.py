@@ -18,6 +18,8 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
+from trainlab import distributed
+
 Target = Tensor | dict[str, Tensor]
 
 
@@ -101,8 +103,11 @@ def from_state(saved: dict[str, Any], device: torch.device) -> Sums:
 
 
 def summarize(task: Task, sums: Sums, split: str) -> dict[str, float]:
-    """Means of the sums as {split/metric: value}: the only place that waits for the device."""
+    """Means of the sums as {split/metric: value}: the only place that waits for the device.
+    Under DDP the sums are added up over the ranks first (every rank calls this at the same
+    points), so every rank reports, and decides on, the same numbers."""
     flush(task, sums)
+    sums = distributed.reduce_sums(sums)
     if sums["n"] == 0:
         return {}
     host = {

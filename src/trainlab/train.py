@@ -25,9 +25,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from trainlab import checkpoint, config, metrics, rundir
+from trainlab import checkpoint, config, distributed, metrics, rundir
 from trainlab.build import build_loss, build_model, build_optimizer, build_scheduler
-from trainlab.data import Data, Split, build_data, make_batches
+from trainlab.data import Data, Shard, Split, build_data, epoch_seed, make_batches
 from trainlab.errors import ConfigError, Diverged, TrainlabError, first_line
 from trainlab.loop import (
     Checkpointing,
@@ -77,6 +77,8 @@ def hydra_task(cfg: DictConfig) -> float:
         },
     }
     try:
+        if distributed.launched_world().distributed:
+            run_dir = _join_world(cfg, run_dir, release=not multirun)
         resume = None
         if cfg.trainer.resume == "auto" and checkpoint.has_checkpoint(run_dir / "checkpoints"):
             # A requeued job: continue this folder's run; the command line may only change
@@ -93,7 +95,7 @@ def hydra_task(cfg: DictConfig) -> float:
     except TrainlabError as e:
         if not multirun:
             raise SystemExit(rundir.report(e)) from None
-        if not (run_dir / "status.json").is_file():
+        if distributed.launched_world().main and not (run_dir / "status.json").is_file():
             rundir.write_status(run_dir, "failed", str(e))
         print(f"error: job {run_dir.name}: {e}", file=sys.stderr)
         return math.nan
@@ -102,7 +104,21 @@ def hydra_task(cfg: DictConfig) -> float:
             raise
         traceback.print_exc()  # an internal error: the whole story, but the sweep goes on
         return math.nan
+    finally:
+        distributed.teardown()
     return results["best"].get(cfg.trainer.monitor, math.nan)
+
+
+def _join_world(cfg: DictConfig, run_dir: Path, release: bool) -> Path:
+    """Under torchrun: join the process group and return rank 0's run folder (the other ranks'
+    Hydra made none, see rundir.RunFolderCallback). A rejected world leaves no folder."""
+    try:
+        distributed.setup(cfg.trainer.devices, cfg.trainer.accelerator)
+    except TrainlabError:
+        if release and distributed.launched_world().main:
+            rundir.release(run_dir)
+        raise
+    return Path(distributed.broadcast_object(str(run_dir)))
 
 
 def _parallel_jobs(launcher: DictConfig) -> int:
@@ -123,6 +139,7 @@ def resume(run_dir: Path, overrides: list[str], allow: list[str], argv: list[str
         config.check(cfg)
         found = config.changes(stored, cfg)
         config.check_resume_changes(found, allow)
+        _check_world(cfg, run_dir)
         status_file = run_dir / "status.json"
         status = rundir.read_json(status_file) if status_file.is_file() else {}
         if status.get("status") == "completed" and not found:
@@ -131,7 +148,26 @@ def resume(run_dir: Path, overrides: list[str], allow: list[str], argv: list[str
         run(cfg, run_dir, launch=None, resume=Resume(found, allow), argv=argv)
     except TrainlabError as e:
         return rundir.report(e)
+    finally:
+        distributed.teardown()
     return 0
+
+
+def _check_world(cfg: DictConfig, run_dir: Path) -> None:
+    """A resume runs on as many processes as the run was trained on, or says what changing
+    that would change."""
+    n, launched = cfg.trainer.devices, distributed.launched_world().size
+    if n == launched:
+        return
+    same = f"torchrun --nproc_per_node={n} -m trainlab resume" if n > 1 else "trainlab resume"
+    batch = cfg.trainer.batch_size
+    raise ConfigError(
+        f"trainer.devices={n}: the run was trained on {n} process(es) and this resume has "
+        f"{launched}; continue it as it was with `{same} {run_dir}`, or change it with "
+        f"trainer.devices={launched} --allow-change trainer.devices: each process's share of "
+        f"trainer.batch_size={batch} would go from {batch // n} to {batch // launched} and sums "
+        "would add up in another order, so it would not continue bitwise"
+    )
 
 
 def run(
@@ -142,58 +178,80 @@ def run(
     multirun: bool = False,
     argv: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Train, test and record one run in `run_dir`; returns what metrics.json holds."""
+    """Train, test and record one run in `run_dir`; returns what metrics.json holds. Under
+    torchrun every rank runs this; rank 0 alone writes the folder."""
     argv = list(sys.argv if argv is None else argv)
     ckpt_dir = run_dir / "checkpoints"
     # A folder with a run in it but no checkpoint (trainer.resume=auto after an early crash)
     # starts over in place.
     in_place = resume is None and (run_dir / "config.yaml").is_file()
-    with metrics.console_and_log_file(run_dir / "train.log") as start_log_file:
+    rank = distributed.launched_world().rank
+    with metrics.console_and_log_file(run_dir / "train.log", rank) as start_log_file:
         # ---- setup: build everything; nothing is written yet ----
         try:
-            device = _setup_torch(cfg.trainer)
+            _setup_torch(cfg.trainer)
+            world, device = distributed.setup(cfg.trainer.devices, cfg.trainer.accelerator)
             data = build_data(cfg.dataset, device)
-            parts = _build_parts(cfg, data, device)
+            parts = _build_parts(cfg, data, device, world)
             preflight(cfg, parts)
+            if world.rank > 0:  # the same initial weights, but each rank its own dropout masks
+                _seed_everything(epoch_seed(cfg.seed, RANK_STREAM, world.rank) % 2**32)
+            parts.model = distributed.wrap(parts.model, device)
             state, environment, rng, resumed_from = (
                 LoopState(),
-                _environment(cfg, device),
+                _environment(cfg, device, world),
                 None,
                 None,
             )
+            notes = []
             if resume is not None:
-                checkpoint.sweep_temp_files(ckpt_dir)
+                if world.main:
+                    checkpoint.sweep_temp_files(ckpt_dir)
                 saved, entry = checkpoint.load_latest(ckpt_dir)
                 restorable = (parts.model, parts.optimizer, parts.scheduler, parts.precision.scaler)
                 state = LoopState(**checkpoint.restore(saved, *restorable))
-                _check_environment(saved["environment"], environment, resume.allow)
+                notes = _check_environment(saved["environment"], environment, resume.allow)
                 _check_length(cfg.trainer, state)
                 _apply_optimizer_changes(parts, resume.changes)
-                rng, resumed_from = saved["rng"], entry
+                rng, state.partial_sums = _rank_state(saved, world)
+                resumed_from = entry
         except TrainlabError as e:
-            if multirun:
+            if rank == 0 and multirun:
                 rundir.write_status(run_dir, "failed", str(e))
-            elif resume is None and not in_place:
+            elif rank == 0 and resume is None and not in_place:
                 rundir.release(run_dir)  # leave no trace of a rejected run
             raise
 
-        # ---- the run is accepted: from here on it writes its folder ----
-        checkpoint.sweep_temp_files(run_dir)
-        checkpoint.sweep_temp_files(ckpt_dir)
-        if resume is not None:
-            record = rundir.read_json(run_dir / "run.json")
-            attempt = rundir.launch_record(argv) | {"resumed_from": resumed_from["name"]}
-            if resume.changes:
-                attempt["changed"] = {k: list(v) for k, v in resume.changes.items()}
+        def status(*args: str) -> None:
+            if world.main:
+                rundir.write_status(run_dir, *args)
+
+        # ---- the run is accepted: from here on rank 0 writes its folder ----
+        if world.main:
+            checkpoint.sweep_temp_files(run_dir)
+            checkpoint.sweep_temp_files(ckpt_dir)
+            if resume is not None:
+                record = rundir.read_json(run_dir / "run.json")
+                attempt = rundir.launch_record(argv) | {"resumed_from": resumed_from["name"]}
+                if resume.changes:
+                    attempt["changed"] = {k: list(v) for k, v in resume.changes.items()}
+                    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+                if notes:
+                    attempt["notes"] = notes
+                record["attempts"].append(attempt)
+            else:
                 OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-            record["attempts"].append(attempt)
+                record = rundir.run_record(cfg.name, cfg.seed, launch or {}, environment, argv)
+            rundir.write_json(run_dir / "run.json", record)
         else:
-            OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-            record = rundir.run_record(cfg.name, cfg.seed, launch or {}, environment, argv)
-        rundir.write_json(run_dir / "run.json", record)
+            record = {"choices": (launch or {}).get("choices", {}), "overrides": []}
         start_log_file()
-        rundir.write_status(run_dir, "running")
+        status("running")
         log.info(f"run folder: {run_dir}")
+        for note in notes:
+            log.warning(note)
+        if world.distributed:
+            log.info(_sharding(cfg.trainer, len(data.train), world))
         if resumed_from is not None:
             log.info(
                 f"resuming from {resumed_from['name']}: epoch {state.epoch}, step {state.step}"
@@ -202,11 +260,11 @@ def run(
         # Drop events an earlier attempt wrote after this checkpoint (points at its own step
         # were logged before it was saved and stay); a fresh start in place drops them all.
         purge = state.step + 1 if resume is not None else (0 if in_place else None)
-        writer = metrics.open_writer(run_dir / "tb", purge_step=purge)
+        writer = metrics.open_writer(run_dir / "tb", purge, world.main)
         try:
             if resume is None:
                 metrics.log_config(writer, cfg)
-            ckpt = _checkpointing(cfg, ckpt_dir, environment)
+            ckpt = _checkpointing(cfg, ckpt_dir, environment, world.main)
             with graceful_stop() as stop:
                 if rng is not None:
                     checkpoint.restore_rng(rng)  # the last thing before training continues
@@ -214,29 +272,70 @@ def run(
                 # OmegaConf attribute costs tens of microseconds.
                 trainer = OmegaConf.to_object(cfg.trainer)
                 state = fit(trainer, parts, state, writer, ckpt, stop)
-            results = _test_and_record(cfg, run_dir, parts, data, state, record, writer)
-            rundir.write_status(run_dir, "completed")
+            results = _test_and_record(cfg, run_dir, parts, data, state, record, writer, world)
+            status("completed")
         except Interrupted as e:
-            rundir.write_status(run_dir, "interrupted", signal.Signals(e.signum).name)
+            status("interrupted", signal.Signals(e.signum).name)
             log.info(f"{e}; continue with: trainlab resume {run_dir}")
+            writer.close()
+            e.hand_on()  # on a SLURM job: submitit requeues it
             raise SystemExit(e.exit_code) from None
         except Diverged as e:
-            rundir.write_status(run_dir, "diverged", str(e))
+            status("diverged", str(e))
             raise
         except KeyboardInterrupt:
-            rundir.write_status(run_dir, "interrupted", "SIGINT (no checkpoint: stopped at once)")
+            status("interrupted", "SIGINT (no checkpoint: stopped at once)")
             log.info(f"interrupted; continue from the last checkpoint: trainlab resume {run_dir}")
             raise SystemExit(128 + signal.SIGINT) from None
         except BaseException as e:
-            rundir.write_status(run_dir, "failed", f"{e.__class__.__name__}: {first_line(e)}")
+            status("failed", f"{e.__class__.__name__}: {first_line(e)}")
             raise
         finally:
             writer.close()
-        _print_summary(run_dir, results)
+        _print_summary(run_dir, results, world)
         return results
 
 
-def _checkpointing(cfg: DictConfig, ckpt_dir: Path, environment: dict[str, Any]) -> Checkpointing:
+# A tag that keeps the per-rank seeds apart from the (seed, epoch) data-order streams.
+RANK_STREAM = 0x5EED
+
+
+def _rank_state(saved: dict[str, Any], world: distributed.World) -> tuple[Any, Any]:
+    """This rank's random streams and mid-epoch running sums from a checkpoint. With the world
+    size it was saved with, each rank gets its own back; after an allowed change of
+    trainer.devices rank 0 carries every saved rank's sums and the new ranks keep fresh seeds."""
+    ranks = saved.get("ranks") or [
+        {"rng": saved["rng"], "partial_sums": saved["loop"]["partial_sums"]}
+    ]
+    if len(ranks) == world.size:
+        return ranks[world.rank]["rng"], ranks[world.rank]["partial_sums"]
+    rng = ranks[world.rank]["rng"] if world.rank < len(ranks) else None
+    if not world.main or ranks[0]["partial_sums"] is None:
+        return rng, None
+    combined = {
+        part: {key: sum(r["partial_sums"][part][key] for r in ranks) for key in sums}
+        for part, sums in ranks[0]["partial_sums"].items()
+    }
+    return rng, combined
+
+
+def _sharding(trainer: DictConfig, n: int, world: distributed.World) -> str:
+    batch, size = trainer.batch_size, world.size
+    line = (
+        f"DDP: {size} processes; trainer.batch_size={batch} is the global batch, "
+        f"{batch // size} samples per process"
+    )
+    tail = n % batch
+    if tail % size:
+        kept = tail - tail % size
+        cut = f"trimmed to {kept}" if kept else "dropped"
+        line += f"; each epoch's last batch ({tail} samples) is {cut}, a multiple of {size}"
+    return line
+
+
+def _checkpointing(
+    cfg: DictConfig, ckpt_dir: Path, environment: dict[str, Any], main: bool
+) -> Checkpointing:
     c = cfg.trainer.checkpoint
     return Checkpointing(
         directory=ckpt_dir,
@@ -246,12 +345,17 @@ def _checkpointing(cfg: DictConfig, ckpt_dir: Path, environment: dict[str, Any])
         every_n_epochs=c.every_n_epochs,
         every_n_steps=c.every_n_steps,
         on_error=c.on_error,
+        main=main,
     )
 
 
-def _check_environment(saved: dict[str, Any], current: dict[str, Any], allow: list[str]) -> None:
+def _check_environment(
+    saved: dict[str, Any], current: dict[str, Any], allow: list[str]
+) -> list[str]:
     """What the checkpoint was trained with against what this resume has: a different thread
-    count is adopted (it changes float reductions), precision and world size are refused."""
+    count is adopted (it changes float reductions), precision and world size are refused
+    unless allowed. Returns notes for run.json on what was allowed."""
+    notes = []
     if saved["num_threads"] != current["num_threads"]:
         log.info(
             f"using the {saved['num_threads']} CPU threads the run was trained with (this "
@@ -260,17 +364,24 @@ def _check_environment(saved: dict[str, Any], current: dict[str, Any], allow: li
         torch.set_num_threads(saved["num_threads"])
         current["num_threads"] = saved["num_threads"]
     for key, flag in (("precision", "trainer.precision"), ("world_size", "trainer.devices")):
-        if saved.get(key) != current[key] and flag not in allow:
+        if saved.get(key) == current[key]:
+            continue
+        if flag not in allow:
             raise ConfigError(
                 f"the run was trained with {key} {saved.get(key)} and this resume has "
                 f"{current[key]}: it would not continue exactly; set it back, or allow it with "
                 f"--allow-change {flag}"
             )
-    if saved["device"].split(":")[0] != current["device"].split(":")[0]:
-        log.warning(
-            f"the run was trained on {saved['device']} and continues on {current['device']}: "
-            "the result will not be bitwise what an uninterrupted run gives"
+        notes.append(
+            f"{key} changed from {saved.get(key)} to {current[key]} (--allow-change {flag}): "
+            "the run continues, but not bitwise as it would have"
         )
+    if saved["device"].split(":")[0] != current["device"].split(":")[0]:
+        notes.append(
+            f"trained on {saved['device']}, continues on {current['device']}: the result will "
+            "not be bitwise what an uninterrupted run gives"
+        )
+    return notes
 
 
 def _apply_optimizer_changes(parts: Parts, found: dict[str, tuple[Any, Any]]) -> None:
@@ -304,7 +415,7 @@ def _check_length(trainer: DictConfig, state: LoopState) -> None:
         )
 
 
-def _setup_torch(trainer: DictConfig) -> torch.device:
+def _setup_torch(trainer: DictConfig) -> None:
     if trainer.num_threads is not None:
         torch.set_num_threads(trainer.num_threads)
     if trainer.deterministic:
@@ -315,16 +426,6 @@ def _setup_torch(trainer: DictConfig) -> torch.device:
     # TF32 matmuls and convolutions on GPUs that have them (Ampere and later).
     torch.backends.cuda.matmul.allow_tf32 = trainer.tf32
     torch.backends.cudnn.allow_tf32 = trainer.tf32
-    if trainer.accelerator == "cpu":
-        return torch.device("cpu")
-    if torch.cuda.is_available():
-        return torch.device("cuda", torch.cuda.current_device())
-    if trainer.accelerator == "cuda":
-        raise ConfigError(
-            "trainer.accelerator=cuda: no CUDA device is visible here; use trainer.accelerator=cpu"
-            " (or auto)"
-        )
-    return torch.device("cpu")
 
 
 def _seed_everything(seed: int) -> None:
@@ -333,7 +434,9 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
-def _build_parts(cfg: DictConfig, data: Data, device: torch.device) -> Parts:
+def _build_parts(
+    cfg: DictConfig, data: Data, device: torch.device, world: distributed.World
+) -> Parts:
     t, workers = cfg.trainer, cfg.dataset.get("num_workers", 0)
     _seed_everything(cfg.seed)  # the model's initial weights come from the run seed
     memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
@@ -342,8 +445,11 @@ def _build_parts(cfg: DictConfig, data: Data, device: torch.device) -> Parts:
     optimizer = build_optimizer(cfg.optimizer, model)  # after .to(device): it holds the params
     if t.compile:
         model = torch.compile(model)  # same parameters; checkpoints save the unwrapped module
-    train = make_batches(data.train, t.batch_size, True, cfg.seed, device, workers, memory_format)
-    val = make_batches(data.val, t.batch_size, False, cfg.seed, device, workers, memory_format)
+    b, seed = t.batch_size, cfg.seed
+    train_shard = Shard(world.rank, world.size, split_batches=True)
+    train = make_batches(data.train, b, True, seed, device, workers, memory_format, train_shard)
+    val_shard = Shard(world.rank, world.size, split_batches=False)
+    val = make_batches(data.val, b, False, seed, device, workers, memory_format, val_shard)
     interval = cfg.scheduler.interval
     total = _run_length(t, math.ceil(len(train) / t.accumulate_grad_batches), interval)
     scheduler = build_scheduler(cfg.scheduler, optimizer, total, config.monitor_mode(t))
@@ -382,7 +488,7 @@ def _run_length(trainer: DictConfig, steps_per_epoch: int, interval: str) -> int
     return steps if interval == "step" else math.ceil(steps / steps_per_epoch)
 
 
-def _environment(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
+def _environment(cfg: DictConfig, device: torch.device, world: distributed.World) -> dict[str, Any]:
     if device.type == "cuda":
         name = f"{device} ({torch.cuda.get_device_name(device)})"
     else:
@@ -393,7 +499,7 @@ def _environment(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
         "device": str(device),
         "device_name": name,
         "precision": cfg.trainer.precision,
-        "world_size": 1,
+        "world_size": world.size,
         "deterministic": cfg.trainer.deterministic,
         "tf32": cfg.trainer.tf32 and device.type == "cuda",
     }
@@ -407,22 +513,27 @@ def _test_and_record(
     state: LoopState,
     record: dict[str, Any],
     writer: Any,
+    world: distributed.World,
 ) -> dict[str, Any]:
-    """Test the best checkpoint once, then write metrics.json and the hparams."""
-    best = checkpoint.load(run_dir / "checkpoints" / "best.pt", map_location="cpu")
-    checkpoint.unwrap(parts.model).load_state_dict(best["model"])
+    """Test the best checkpoint once, then write metrics.json and the hparams. Under DDP rank
+    0 reads best.pt and hands its weights to the others (no shared disk needed), the ranks
+    test a share of the batches each, and the sums are added up."""
+    best = None
+    if world.main:
+        best = checkpoint.load(run_dir / "checkpoints" / "best.pt", map_location="cpu")["model"]
+    checkpoint.unwrap(parts.model).load_state_dict(distributed.broadcast_object(best))
     workers = cfg.dataset.get("num_workers", 0)
     device = parts.train.device
     memory_format = torch.channels_last if cfg.trainer.channels_last else torch.contiguous_format
     test_batches = make_batches(
-        data.test, cfg.trainer.batch_size, False, cfg.seed, device, workers, memory_format
-    )
+        data.test, cfg.trainer.batch_size, False, cfg.seed, device, workers, memory_format,
+        Shard(world.rank, world.size, split_batches=False),
+    )  # fmt: skip
     # best.pt already holds the weights that were validated (the ASGD average, if asked for).
     parts.eval_with_average = False
+    model = distributed.inner(parts.model)
     with eval_weights(parts):
-        test = evaluate(
-            parts.model, test_batches, parts.loss_fn, parts.task, "test", parts.precision
-        )
+        test = evaluate(model, test_batches, parts.loss_fn, parts.task, "test", parts.precision)
     best_record = next(r for r in state.history if r["step"] == state.best_step)
     validated = [r for r in state.history if any(k.startswith("val/") for k in r)]
     results = {
@@ -437,7 +548,8 @@ def _test_and_record(
         "train_s": state.train_s,
         "checkpoint_s": state.checkpoint_s,
     }
-    rundir.write_json(run_dir / "metrics.json", results)
+    if world.main:
+        rundir.write_json(run_dir / "metrics.json", results)
     scalars = {f"best/{cfg.trainer.monitor}": best_record[cfg.trainer.monitor]}
     scalars |= {f"final/{k}": v for k, v in validated[-1].items() if k.startswith("val/")}
     scalars |= test
@@ -448,9 +560,13 @@ def _test_and_record(
     return results
 
 
-def _print_summary(run_dir: Path, results: dict[str, Any]) -> None:
-    test = "  ".join(f"{k} {v:.4f}" for k, v in results["test"].items() if not per_label(k))
+def _print_summary(run_dir: Path, results: dict[str, Any], world: distributed.World) -> None:
     best, monitor = results["best"], results["monitor"]
+    if world.distributed:  # every rank: the numbers it decided on, which must be the same
+        shown = {monitor: best[monitor]} | results["test"]
+        values = "  ".join(f"{k} {v!r}" for k, v in shown.items())
+        print(f"[rank {world.rank}/{world.size}] best epoch {best['epoch']}  {values}", flush=True)
+    test = "  ".join(f"{k} {v:.4f}" for k, v in results["test"].items() if not per_label(k))
     log.info(f"test (best.pt, epoch {best['epoch']}, {monitor} {best[monitor]:.4f}): {test}")
     log.info(
         f"trained {results['epochs']} epochs, {results['steps']} steps in {results['train_s']:.1f}s"
