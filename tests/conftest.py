@@ -62,8 +62,7 @@ def compose_cfg(overrides: list[str]) -> DictConfig:
 
 def run_cli(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None):
     """The real command line, in a fresh process: `python -m trainlab ...`."""
-    full_env = {**os.environ, **(env or {})}
-    full_env.pop("HYDRA_FULL_ERROR", None)
+    full_env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"} | (env or {})
     return subprocess.run(
         [sys.executable, "-m", "trainlab", *args],
         cwd=cwd,

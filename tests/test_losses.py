@@ -111,7 +111,7 @@ def test_a_loss_that_does_not_fit_fails_at_check_naming_the_key(make_cfg, overri
     ("overrides", "error", "message"),
     [
         (["model=mlp", "model.num_outputs=4"], ConfigError,
-         "model: gives outputs of shape [2, 4] but dataset.num_outputs=10"),
+         "model.num_outputs=4: the model gives outputs of shape [2, 4] but the dataset has 10"),
         (["loss=nll"], ConfigError, "loss=nll takes log-probabilities"),
         (["experiment=segmentation", "model=mlp"], ConfigError,
          "model: gives outputs of shape [2, 3] but segmentation needs [2, 3, 16, 16]"),

@@ -95,12 +95,12 @@ def test_tensorboard_gets_the_promised_tags_config_and_hparams(make_cfg, tmp_pat
     ("override", "error", "message"),
     [
         ("dataset.num_classes=5", DataError, "dataset.num_classes=5: the train labels run"),
-        ("+optimizer.momentum=0.9", ConfigError, "optimizer: .*unexpected keyword .*momentum"),
+        ("+optimizer.momentum=0.9", ConfigError, "optimizer.momentum: unknown key; .*Adam takes"),
         ("model.channels=0", ConfigError, "model=trainlab.models.ConvBase: fails on samples"),
         (
             "model.num_outputs=5",
             ConfigError,
-            r"model: gives outputs of shape \[2, 5\] but dataset.num_outputs=10",
+            r"model.num_outputs=5: the model gives outputs of shape \[2, 5\] but the dataset",
         ),
     ],
 )

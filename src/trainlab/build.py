@@ -6,8 +6,10 @@ constructor (a scheduler's `interval`, an optimizer's `param_groups`) are taken 
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import inspect
+import re
 from typing import Any
 
 import torch
@@ -120,7 +122,25 @@ def instantiate_node(cfg: DictConfig | dict[str, Any], key: str, **kwargs: Any) 
         cause = e.__cause__ or e
         if isinstance(cause, TrainlabError):
             raise cause from None
-        raise ConfigError(f"{key}: cannot build it from the config: {cause}") from e
+        target = cfg.get("_target_", "")
+        raise ConfigError(
+            _unexpected_key(key, target, cause)
+            or f"{key}: cannot build it from the config: {cause}"
+        ) from e
+
+
+def _unexpected_key(key: str, target: str, error: BaseException) -> str | None:
+    """`model.foo: unknown key ...` for a constructor's unexpected keyword argument."""
+    found = re.search(r"unexpected keyword argument '(\w+)'", str(error))
+    if found is None or not target:
+        return None
+    try:
+        names = sorted(_option_names(target))
+    except Exception:
+        return None
+    near = difflib.get_close_matches(found.group(1), names, n=1)
+    hint = f"did you mean {key}.{near[0]}?" if near else f"{target} takes: {', '.join(names)}"
+    return f"{key}.{found.group(1)}: unknown key; {hint}"
 
 
 def _option_names(target: str) -> set[str]:
@@ -133,7 +153,10 @@ def _call(partial: Any, key: str, *args: Any) -> Any:
     try:
         return partial(*args)
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"{key}: cannot build it from the config: {e}") from e
+        target = getattr(partial, "func", None)
+        name = f"{target.__module__}.{target.__qualname__}" if target is not None else ""
+        message = _unexpected_key(key, name, e)
+        raise ConfigError(message or f"{key}: cannot build it from the config: {e}") from e
 
 
 def _container(cfg: DictConfig) -> dict[str, Any]:

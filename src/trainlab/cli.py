@@ -5,6 +5,8 @@
 from __future__ import annotations
 
 import argparse
+import io
+import os
 import sys
 from pathlib import Path
 
@@ -25,18 +27,26 @@ usage: trainlab <verb> [args]
 verbs:
   train [overrides]     train one run; -m sweeps (Hydra overrides: model=mlp optimizer.lr=0.1)
   resume RUN_DIR [k=v]  continue an interrupted run in place, exactly where it stopped
+  eval RUN_DIR          a checkpoint's metrics on the test (or val) split, from the run's config
+  predict RUN_DIR --input FILE   predictions for new inputs (CSV table or images) as a CSV
+  export RUN_DIR        the weights alone (safetensors), or TorchScript / ONNX
   report DIR            one table of the runs under DIR (a sweep, or all of outputs/)
+  tensorboard [DIR]     TensorBoard on 127.0.0.1 over DIR (default outputs/)
 
-`trainlab train --help` lists the config groups and their options.
+`trainlab <verb> --help` says more; `trainlab train --help` lists the config groups and options.
 """
 
 _task_entered = False
+# Hydra's own report of a composition error goes here until the task starts (see train()).
+_hydra_stderr: io.StringIO | None = None
+_real_stderr = sys.stderr
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def _train_app(cfg: DictConfig) -> float | None:
     global _task_entered
     _task_entered = True
+    _release_stderr()
     from trainlab import train  # torch is imported here, after the config passed its checks
 
     return train.hydra_task(cfg)
@@ -90,15 +100,55 @@ def train(args: list[str]) -> int:
         )
         return EXIT_CONFIG
     sys.argv = ["trainlab train", *args]
+    global _hydra_stderr
+    # Hydra reports a composition error in several lines of its internals; until the task
+    # starts its stderr is held back, and an error is said again in one line (explain.py).
+    # HYDRA_FULL_ERROR=1 shows Hydra's own report and traceback instead.
+    full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    global _real_stderr
+    _hydra_stderr = None if full_error else io.StringIO()
+    real_stderr = _real_stderr = sys.stderr
+    if _hydra_stderr is not None:
+        sys.stderr = _hydra_stderr
     try:
         _train_app()
     except SystemExit as e:
+        held = _release_stderr(replay=False)
+        sys.stderr = real_stderr
         # Hydra exits 1 for every error it reports; the ones before our task runs are
         # composition and usage errors (unknown key or option, wrong type, bad override).
         if e.code == 1 and not _task_entered:
+            from trainlab.explain import explain
+
+            message = explain(CONF_DIR, _overrides(args))
+            if message is None:
+                print(held, end="", file=sys.stderr)
+            else:
+                print(f"error: {message}", file=sys.stderr)
             return EXIT_CONFIG
+        print(held, end="", file=sys.stderr)
         return e.code if isinstance(e.code, int) else 1
+    finally:
+        sys.stderr = real_stderr
+        _release_stderr()
     return 0
+
+
+def _release_stderr(replay: bool = True) -> str:
+    """Stop holding Hydra's stderr back; replay what was held (warnings of a good run)."""
+    global _hydra_stderr
+    held, _hydra_stderr = _hydra_stderr, None
+    if held is None:
+        return ""
+    sys.stderr = _real_stderr
+    if replay:
+        print(held.getvalue(), end="", file=sys.stderr)
+    return held.getvalue()
+
+
+def _overrides(args: list[str]) -> list[str]:
+    """The key=value arguments of `trainlab train` (without -m and Hydra's flags)."""
+    return [a for a in args if "=" in a and not a.startswith("-")]
 
 
 def resume(args: list[str]) -> int:
@@ -146,7 +196,93 @@ def report(args: list[str]) -> int:
     return sweep.report(ns.root, sort, ns.group_by, ns.format)
 
 
-VERBS = {"train": train, "resume": resume, "report": report}
+def _checkpoint_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", type=Path, help="the run folder (outputs/runs/<run>)")
+    parser.add_argument(
+        "--checkpoint",
+        default="best",
+        metavar="best|last|PATH",
+        help="which weights: best.pt (default), last.pt, or a checkpoint file of the run",
+    )
+
+
+def eval_(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="trainlab eval",
+        description="Metrics of a run's checkpoint on a split, with the model, data and metrics "
+        "rebuilt from the run's own config.yaml; written to RUN_DIR/eval/.",
+    )
+    _checkpoint_arg(parser)
+    parser.add_argument("--split", choices=("test", "val"), default="test")
+    ns = parser.parse_args(args)
+    from trainlab import evaluation
+
+    return evaluation.eval_run(ns.run_dir, ns.checkpoint, ns.split)
+
+
+def predict(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="trainlab predict",
+        description="Predictions of a run's model for new inputs: a CSV table with the training "
+        "table's feature columns (dataset=csv), or an image or folder of images "
+        "(dataset=image_folder). Written as a CSV.",
+    )
+    _checkpoint_arg(parser)
+    parser.add_argument("--input", type=Path, required=True, help="CSV file, image or folder")
+    parser.add_argument(
+        "--output", type=Path, help="CSV to write (default RUN_DIR/predictions/<input>.csv)"
+    )
+    ns = parser.parse_args(args)
+    from trainlab import evaluation
+
+    return evaluation.predict(ns.run_dir, ns.input, ns.output, ns.checkpoint)
+
+
+def export(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="trainlab export",
+        description="A run's model without optimizer state or pickles: safetensors (weights "
+        "alone, safe to share; trainlab.export.load_model rebuilds the model), TorchScript or "
+        "ONNX (the onnx package must be installed).",
+    )
+    _checkpoint_arg(parser)
+    parser.add_argument(
+        "--format", choices=("safetensors", "torchscript", "onnx"), default="safetensors"
+    )
+    parser.add_argument("--output", type=Path, help="folder to write (default RUN_DIR/export)")
+    ns = parser.parse_args(args)
+    from trainlab import export as export_module
+
+    return export_module.export(ns.run_dir, ns.format, ns.checkpoint, ns.output)
+
+
+def tensorboard(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="trainlab tensorboard",
+        description="TensorBoard over run folders, listening on 127.0.0.1 only.",
+    )
+    parser.add_argument("logdir", type=Path, nargs="?", default=Path("outputs"))
+    parser.add_argument("--port", type=int, default=6006, help="0 = any free port")
+    parser.add_argument(
+        "--bind-all",
+        action="store_true",
+        help="listen on every network interface (anyone who can reach the machine can read)",
+    )
+    ns = parser.parse_args(args)
+    from trainlab import board
+
+    return board.serve(ns.logdir, ns.port, ns.bind_all)
+
+
+VERBS = {
+    "train": train,
+    "resume": resume,
+    "eval": eval_,
+    "predict": predict,
+    "export": export,
+    "report": report,
+    "tensorboard": tensorboard,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,6 +292,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else EXIT_CONFIG
     verb, rest = argv[0], argv[1:]
     if verb not in VERBS:
-        print(f"error: unknown verb {verb!r}\n\n{USAGE}", end="", file=sys.stderr)
+        print(
+            f"error: unknown verb {verb!r}; verbs: {', '.join(VERBS)} (trainlab --help)",
+            file=sys.stderr,
+        )
         return EXIT_CONFIG
     return VERBS[verb](rest)

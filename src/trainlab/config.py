@@ -7,6 +7,8 @@ No torch import: `trainlab train --help`, `--cfg job` and config errors stay fas
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import math
 import os
 from dataclasses import dataclass, field
@@ -36,6 +38,14 @@ class CheckpointConfig:
 
 
 @dataclass
+class TensorBoardConfig:
+    graph: bool = MISSING
+    example_images: int = MISSING
+    histograms_every_n_epochs: int | None = MISSING
+    confusion_matrix: bool = MISSING
+
+
+@dataclass
 class TrainerConfig:
     max_epochs: int = MISSING
     max_steps: int | None = MISSING
@@ -57,6 +67,8 @@ class TrainerConfig:
     nan_policy: str = MISSING
     nan_skip_limit: int = MISSING
     resume: str = MISSING
+    progress: str = MISSING
+    tensorboard: TensorBoardConfig = field(default_factory=TensorBoardConfig)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
@@ -83,6 +95,13 @@ class TrainConfig:
 
 
 ConfigStore.instance().store(name="trainlab_schema", node=TrainConfig)
+_SCHEMA_NODES = {
+    "paths": PathsConfig,
+    "trainer": TrainerConfig,
+    "trainer.early_stopping": EarlyStoppingConfig,
+    "trainer.checkpoint": CheckpointConfig,
+    "trainer.tensorboard": TensorBoardConfig,
+}
 
 # What each kind of task measures on every split (train/, val/, test/). Multi-label runs add
 # f1_<i> per label; multi-task runs add <head>_<metric> for each head's own task.
@@ -155,7 +174,8 @@ def monitor_mode(trainer: DictConfig) -> str:
 
 def check(cfg: DictConfig) -> None:
     """Raise ConfigError for the first value that breaks a rule; cheap, touches no files."""
-    _check_targets(cfg)
+    _check_known_keys(cfg, TrainConfig, "")
+    check_targets(cfg)
     _at_least(cfg, "seed", 0)
     _at_least(cfg, "trainer.max_epochs", 1)
     _at_least(cfg, "trainer.max_steps", 1, optional=True)
@@ -184,6 +204,9 @@ def check(cfg: DictConfig) -> None:
             f"dataset.input_shape={list(cfg.dataset.input_shape)}; set trainer.channels_last=false"
         )
     _one_of(cfg, "trainer.resume", ("never", "auto"))
+    _one_of(cfg, "trainer.progress", ("auto", "bar", "lines", "none"))
+    _at_least(cfg, "trainer.tensorboard.example_images", 0)
+    _at_least(cfg, "trainer.tensorboard.histograms_every_n_epochs", 1, optional=True)
     _positive(cfg, "trainer.grad_clip_norm", optional=True)
     _at_least(cfg, "trainer.early_stopping.min_delta", 0.0)
     _one_of(cfg, "trainer.accelerator", ("auto", "cpu", "cuda", "mps"))
@@ -211,6 +234,24 @@ def _check_monitor(cfg: DictConfig) -> None:
             f"trainer.monitor={monitor}: dataset.task={cfg.dataset.task} reports {choices} "
             "(or the same under train/)"
         )
+
+
+def _check_known_keys(node: DictConfig, schema: type, prefix: str) -> None:
+    """Keys the schema types: one added with `+key=value` is refused like a misspelt one. (A
+    group option's own keys are passed to its constructor, which refuses unknown ones.)"""
+    known = [f.name for f in dataclasses.fields(schema)]
+    for key in node:
+        name = f"{prefix}{key}"
+        if key not in known and key != "hydra":
+            near = difflib.get_close_matches(str(key), known, n=1)
+            where = prefix.rstrip(".") or "the run config"
+            hint = (
+                f"did you mean {prefix}{near[0]}?" if near else f"{where} has: {', '.join(known)}"
+            )
+            raise ConfigError(f"{name}: unknown key; {hint}")
+        field_type = _SCHEMA_NODES.get(name)
+        if field_type is not None and isinstance(node[key], DictConfig):
+            _check_known_keys(node[key], field_type, f"{name}.")
 
 
 def _check_devices(cfg: DictConfig) -> None:
@@ -319,7 +360,7 @@ def _check_loss(loss: DictConfig, dataset: DictConfig, key: str) -> None:
 HARMLESS_ON_RESUME = (
     "trainer.max_epochs", "trainer.max_steps", "trainer.log_every_n_steps",
     "trainer.val_every_epochs", "trainer.checkpoint.", "trainer.early_stopping.",
-    "trainer.resume", "name", "paths.output_dir",
+    "trainer.resume", "trainer.progress", "trainer.tensorboard.", "name", "paths.output_dir",
 )  # fmt: skip
 
 
@@ -378,12 +419,26 @@ def load_run_config(run_dir: Path) -> DictConfig:
     path = run_dir / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"{run_dir}: no config.yaml here; is it a trainlab run folder?")
-    cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.load(path))
+    try:
+        stored = OmegaConf.load(path)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where}; restore the file the run wrote") from e
+    # trainer keys added to trainlab after the run was trained take their current defaults.
+    trainer_defaults = (
+        {"trainer": OmegaConf.load(TRAINER_DEFAULTS)} if TRAINER_DEFAULTS.is_file() else {}
+    )
+    cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), trainer_defaults, stored)
     OmegaConf.set_struct(cfg, True)
     return cfg
 
 
-def _check_targets(node: Any, path: str = "") -> None:
+TRAINER_DEFAULTS = Path(__file__).resolve().parents[2] / "conf" / "trainer" / "default.yaml"
+
+
+def check_targets(node: Any, path: str = "") -> None:
+    """Every `_target_` under `node` is in the allowlist (ConfigError names the first not)."""
     if isinstance(node, DictConfig):
         target = node.get("_target_") if "_target_" in node else None
         if target is not None and not str(target).startswith(allowed_targets()):
@@ -394,10 +449,10 @@ def _check_targets(node: Any, path: str = "") -> None:
             )
         for key in node:
             if key != "hydra":
-                _check_targets(node._get_node(key), f"{path}.{key}" if path else str(key))
+                check_targets(node._get_node(key), f"{path}.{key}" if path else str(key))
     elif isinstance(node, ListConfig):
         for i in range(len(node)):
-            _check_targets(node._get_node(i), f"{path}[{i}]")
+            check_targets(node._get_node(i), f"{path}[{i}]")
 
 
 def _at_least(cfg: DictConfig, key: str, low: float, optional: bool = False) -> None:

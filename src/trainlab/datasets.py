@@ -148,25 +148,27 @@ def csv_table(
 ) -> Arrays:
     """A table with a header row: `features` (null = every other column) as float inputs and
     `target` as class labels (task classification, any values, sorted) or floats (regression)."""
-    train_rows, header = _read_csv(Path(path), "dataset.path")
+    train_rows, header = read_csv(Path(path), "dataset.path")
+    if not train_rows:
+        raise DataError(f"dataset.path={path}: the table is empty (a header and no rows)")
     columns = [c for c in header if c != target] if features is None else list(features)
     for name in [target, *columns]:
         if name not in header:
             raise DataError(
                 f"dataset: column {name!r} is not in {path} (columns: {', '.join(header)})"
             )
-    x = _float_columns(train_rows, columns, path)
+    x = float_columns(train_rows, columns, path)
     raw_y = [row[target] for row in train_rows]
     classes = sorted(set(raw_y)) if task == "classification" else None
     encode = (lambda v: classes.index(v)) if classes else float  # type: ignore[union-attr]
     y = _encode(raw_y, encode, path, target)
     if test_path is None:
         return _hold_out(x, y, test_fraction, test_split_seed)
-    test_rows, _ = _read_csv(Path(test_path), "dataset.test_path")
+    test_rows, _ = read_csv(Path(test_path), "dataset.test_path")
     return {
         "x_train": x,
         "y_train": y,
-        "x_test": _float_columns(test_rows, columns, test_path),
+        "x_test": float_columns(test_rows, columns, test_path),
         "y_test": _encode([row[target] for row in test_rows], encode, test_path, target),
     }
 
@@ -228,7 +230,7 @@ def _hold_out(x: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> Array
     return {"x_train": x[rest], "y_train": y[rest], "x_test": x[held], "y_test": y[held]}
 
 
-def _read_csv(path: Path, key: str) -> tuple[list[dict[str, str]], list[str]]:
+def read_csv(path: Path, key: str) -> tuple[list[dict[str, str]], list[str]]:
     if not path.is_file():
         raise DataError(f"{key}={path}: no such file")
     with path.open(newline="") as f:
@@ -237,7 +239,7 @@ def _read_csv(path: Path, key: str) -> tuple[list[dict[str, str]], list[str]]:
         return rows, list(reader.fieldnames or [])
 
 
-def _float_columns(rows: list[dict[str, str]], columns: list[str], path: str) -> np.ndarray:
+def float_columns(rows: list[dict[str, str]], columns: list[str], path: str) -> np.ndarray:
     out = np.empty((len(rows), len(columns)), dtype=np.float32)
     for i, row in enumerate(rows):
         for j, name in enumerate(columns):

@@ -25,6 +25,7 @@ from trainlab.checkpoint import CheckpointSaveError
 from trainlab.config import TrainerConfig, monitor_mode
 from trainlab.data import LoaderBatches, TensorBatches
 from trainlab.errors import Diverged
+from trainlab.progress import Progress
 from trainlab.signals import StopRequest
 from trainlab.tasks import Target, Task
 
@@ -222,6 +223,26 @@ def evaluate(
     return tasks.summarize(task, sums, split)
 
 
+@torch.no_grad()
+def confusion_matrix(
+    model: nn.Module, batches: Batches, num_classes: int, precision: Precision
+) -> Tensor:
+    """Counts of (true class, predicted class) over `batches`, added up over the ranks;
+    negative labels (ignore_index) are left out."""
+    was_training = model.training
+    model.eval()
+    counts = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=batches.device)
+    for x, y in batches.epoch(0):
+        with precision.autocast():
+            predicted = model(x).argmax(-1)
+        keep = y >= 0
+        counts += torch.bincount(
+            y[keep] * num_classes + predicted[keep], minlength=num_classes * num_classes
+        )
+    model.train(was_training)
+    return distributed.all_reduce_(counts).reshape(num_classes, num_classes).cpu()
+
+
 def fit(
     trainer: TrainerConfig,
     parts: Parts,
@@ -229,6 +250,7 @@ def fit(
     writer: SummaryWriter,
     ckpt: Checkpointing,
     stop: StopRequest,
+    progress: Progress | None = None,
 ) -> LoopState:
     """Train until trainer.max_epochs (or max_steps) or early stopping; return the final state.
     A stop request (a signal) saves at the next step boundary and raises Interrupted."""
@@ -238,12 +260,14 @@ def fit(
     steps_per_epoch = -(-len(parts.train) // per_step)
     max_epochs = None if trainer.max_steps is not None else trainer.max_epochs
     clock, first_step = time.perf_counter(), state.step
+    progress = progress or Progress("none", max_epochs, steps_per_epoch)
     model.train()
     try:
         while not _finished(trainer, state):
             epoch_start = time.perf_counter()
             # Batches add into `interval`; each log point folds it into the epoch's sums.
             epoch_sums, interval = _epoch_sums(task, device, state)
+            progress.start_epoch(state.epoch, -(-state.batch_in_epoch // per_step))
             # closing(): an epoch left early (max_steps, a signal, an error) releases its loader
             # (DataLoader workers) at once rather than whenever the frame is collected.
             with closing(parts.train.epoch(state.epoch, start=state.batch_in_epoch)) as batches:
@@ -264,13 +288,14 @@ def fit(
                         tasks.accumulate(task, interval, loss, output, y)
                     state.step += 1
                     state.batch_in_epoch += len(group)
+                    progress.advance()
                     if scheduler is not None and parts.scheduler_interval == "step":
                         step_in_epoch = -(-state.batch_in_epoch // per_step)
                         _step_per_batch(
                             scheduler, state.epoch + (step_in_epoch - 1) / steps_per_epoch
                         )
                     if state.step % trainer.log_every_n_steps == 0:
-                        _log_train(writer, task, interval, optimizer, state.step)
+                        progress.show(_log_train(writer, task, interval, optimizer, state.step))
                         tasks.add(task, epoch_sums, interval)
                         interval = tasks.new_sums(task, device)
                     now = time.perf_counter()
@@ -290,6 +315,7 @@ def fit(
                             stop.check()
             _log_train(writer, task, interval, optimizer, state.step)
             tasks.add(task, epoch_sums, interval)
+            progress.end_epoch()
             if state.batch_in_epoch >= len(parts.train):
                 state.epoch, state.batch_in_epoch = state.epoch + 1, 0
             finished = _finished(trainer, state)
@@ -312,6 +338,9 @@ def fit(
             epoch_scalars = {k: v for k, v in record.items() if k.startswith(("val/", "time/"))}
             metrics.log_scalars(writer, epoch_scalars, state.step)
             log.info(metrics.format_epoch(state.epoch, max_epochs, record))
+            histograms = trainer.tensorboard.histograms_every_n_epochs
+            if histograms and state.epoch % histograms == 0:
+                metrics.log_histograms(writer, checkpoint.unwrap(model), state.step)
 
             patience = trainer.early_stopping.patience
             if patience is not None and state.bad_validations >= patience:
@@ -415,12 +444,13 @@ def _log_train(
     sums: dict[str, Tensor],
     optimizer: Optimizer,
     step: int,
-) -> None:
-    """The train/* means since the last point, and each group's lr. A non-finite mean means
-    the loss diverged since the last point (when it is not checked at every step)."""
+) -> dict[str, float]:
+    """Log and return the train/* means since the last point, and each group's lr. A
+    non-finite mean means the loss diverged since the last point (when it is not checked at
+    every step)."""
     scalars = tasks.summarize(task, sums, "train")
     if not scalars:
-        return
+        return scalars
     if not math.isfinite(scalars["train/loss"]):
         raise Diverged(
             f"train/loss is {scalars['train/loss']} in the steps up to {step}; the last good "
@@ -428,6 +458,7 @@ def _log_train(
             "trainer.nan_policy=skip"
         )
     metrics.log_scalars(writer, scalars | metrics.lr_scalars(optimizer), step)
+    return scalars
 
 
 def _track_best(trainer: TrainerConfig, state: LoopState, record: dict[str, Any]) -> bool:

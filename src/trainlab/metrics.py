@@ -7,15 +7,22 @@ import logging.handlers
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
+from trainlab.errors import first_line
+
+log = logging.getLogger(__name__)
 
 # Run-level keys every run's hparams carry, besides the group choices and the overridden keys.
 CORE_HPARAMS = ("seed", "optimizer.lr", "trainer.batch_size", "trainer.max_epochs")
@@ -146,3 +153,57 @@ def console_and_log_file(log_file: Path, rank: int = 0) -> Iterator[Callable[[],
                 handler.close()
         logger.setLevel(saved[0])
         logger.propagate = saved[1]
+
+
+# ---- what TensorBoard shows besides scalars (trainer.tensorboard) ----
+
+
+def log_graph(writer: SummaryWriter | NoEvents, model: nn.Module, example: Tensor) -> None:
+    """The model's graph, traced once in eval mode on a few samples: no random draw, no
+    buffer update, so it changes nothing the run computes. A model that cannot be traced
+    (data-dependent control flow) gets a warning, not an error."""
+    was_training = model.training
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the tracer's warnings about Python control flow
+            model.eval()
+            writer.add_graph(model, example)
+    except Exception as e:
+        log.warning(
+            f"trainer.tensorboard.graph: the model could not be traced ({first_line(e)}); "
+            "no graph in TensorBoard (set trainer.tensorboard.graph=false to skip trying)"
+        )
+    finally:
+        model.train(was_training)
+
+
+def log_examples(writer: SummaryWriter | NoEvents, images: Tensor) -> None:
+    """Training inputs as images, each scaled to [0, 1] (they are normalised for the model)."""
+    x = images.detach().float().cpu()
+    low = x.amin(dim=(1, 2, 3), keepdim=True)
+    high = x.amax(dim=(1, 2, 3), keepdim=True)
+    writer.add_images("examples/train", (x - low) / (high - low).clamp(min=1e-12), 0)
+
+
+def log_histograms(writer: SummaryWriter | NoEvents, model: nn.Module, step: int) -> None:
+    """Every parameter's values and its last gradient."""
+    for name, p in model.named_parameters():
+        writer.add_histogram(f"weights/{name}", p.detach().float().cpu(), step)
+        if p.grad is not None:
+            writer.add_histogram(f"grads/{name}", p.grad.detach().float().cpu(), step)
+
+
+def log_confusion(
+    writer: SummaryWriter | NoEvents, matrix: Tensor, labels: list[str], step: int
+) -> None:
+    """The confusion matrix (rows: true class, columns: predicted) as a heat map, each row
+    scaled by its count, 16 pixels a cell, and as a table of counts."""
+    counts = matrix.double()
+    rows = counts / counts.sum(dim=1, keepdim=True).clamp(min=1)
+    cells = rows.repeat_interleave(16, 0).repeat_interleave(16, 1)
+    writer.add_image("test/confusion_matrix", cells.float()[None], step)
+    header = "| true \\ predicted | " + " | ".join(labels) + " |"
+    lines = [header, "|" + "---|" * (len(labels) + 1)]
+    for label, row in zip(labels, matrix.tolist(), strict=True):
+        lines.append(f"| **{label}** | " + " | ".join(str(int(v)) for v in row) + " |")
+    writer.add_text("test/confusion_matrix", "\n".join(lines), step)

@@ -73,9 +73,17 @@ def _check_output(dataset: DictConfig, output: Any, y: Any, key: str) -> None:
         return
     width = output.shape[1] if isinstance(output, torch.Tensor) and output.dim() > 1 else None
     if width != dataset.num_outputs:
+        n = dataset.num_outputs
+        what = (
+            f"{n} classes ({key}.num_classes={dataset.num_classes})"
+            if dataset.task == "classification"
+            else f"{n} outputs per sample ({key}.num_outputs={n})"
+        )
+        given = f"model.num_outputs={width}" if width is not None else "model"
         raise ConfigError(
-            f"model: gives outputs of shape {_shapes(output)} but {key}.num_outputs="
-            f"{dataset.num_outputs}; the model's last layer must have {dataset.num_outputs} outputs"
+            f"{given}: the model gives outputs of shape {_shapes(output)} but the dataset has "
+            f"{what}; set model.num_outputs={n} (its default, ${{dataset.num_outputs}}) or a last "
+            f"layer with {n} outputs"
         )
 
 

@@ -58,6 +58,10 @@ def release(run_dir: Path) -> None:
         if (run_dir / ".hydra").exists():
             (run_dir / ".hydra").rmdir()
         run_dir.rmdir()
+        # claim() made runs/ (and outputs/) for it if they were missing: empty, they go too.
+        for parent in (run_dir.parent, run_dir.parent.parent):
+            if parent.is_dir() and not any(parent.iterdir()):
+                parent.rmdir()
 
 
 def archive_hydra_record(run_dir: Path) -> None:

@@ -14,6 +14,7 @@ import platform
 import random
 import signal
 import sys
+import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+import trainlab
 from trainlab import checkpoint, config, distributed, metrics, rundir
 from trainlab.build import build_loss, build_model, build_optimizer, build_scheduler
 from trainlab.data import Data, Shard, Split, build_data, epoch_seed, make_batches
@@ -34,12 +36,14 @@ from trainlab.loop import (
     LoopState,
     Parts,
     Precision,
+    confusion_matrix,
     eval_weights,
     evaluate,
     fit,
 )
 from trainlab.metrics import per_label
 from trainlab.preflight import preflight
+from trainlab.progress import Progress
 from trainlab.signals import Interrupted, graceful_stop
 from trainlab.tasks import Task
 
@@ -262,16 +266,21 @@ def run(
         purge = state.step + 1 if resume is not None else (0 if in_place else None)
         writer = metrics.open_writer(run_dir / "tb", purge, world.main)
         try:
-            if resume is None:
+            if resume is None and world.main:
                 metrics.log_config(writer, cfg)
+                _log_inputs(cfg, parts, writer)
             ckpt = _checkpointing(cfg, ckpt_dir, environment, world.main)
+            steps_per_epoch = -(-len(parts.train) // cfg.trainer.accumulate_grad_batches)
+            max_epochs = cfg.trainer.max_epochs if cfg.trainer.max_steps is None else None
+            mode = cfg.trainer.progress if world.main else "none"
+            progress = Progress(mode, max_epochs, steps_per_epoch)
             with graceful_stop() as stop:
                 if rng is not None:
                     checkpoint.restore_rng(rng)  # the last thing before training continues
                 # Plain dataclasses, not DictConfig: the loop reads these every step, and an
                 # OmegaConf attribute costs tens of microseconds.
                 trainer = OmegaConf.to_object(cfg.trainer)
-                state = fit(trainer, parts, state, writer, ckpt, stop)
+                state = fit(trainer, parts, state, writer, ckpt, stop, progress)
             results = _test_and_record(cfg, run_dir, parts, data, state, record, writer, world)
             status("completed")
         except Interrupted as e:
@@ -294,6 +303,16 @@ def run(
             writer.close()
         _print_summary(run_dir, results, world)
         return results
+
+
+def _log_inputs(cfg: DictConfig, parts: Parts, writer: Any) -> None:
+    """What TensorBoard shows of the model and its inputs at a fresh start."""
+    tb = cfg.trainer.tensorboard
+    x, _ = parts.train.sample(max(tb.example_images, 2))
+    if tb.graph:
+        metrics.log_graph(writer, checkpoint.unwrap(parts.model), x[:2])
+    if tb.example_images and x.dim() == 4:
+        metrics.log_examples(writer, x[: tb.example_images])
 
 
 # A tag that keeps the per-rank seeds apart from the (seed, epoch) data-order streams.
@@ -455,10 +474,10 @@ def _build_parts(
     scheduler = build_scheduler(cfg.scheduler, optimizer, total, config.monitor_mode(t))
     return Parts(
         model, loss_fn, optimizer, scheduler, interval,
-        task=_task(cfg.dataset, data),
+        task=task_of(cfg.dataset, data),
         train=train,
         val=val,
-        precision=_precision(t.precision, device),
+        precision=precision_of(t.precision, device),
         eval_with_average=bool(cfg.optimizer.get("eval_with_average", False)),
         # A per-step check is free on the CPU; on a GPU it is a sync per step, so it is only
         # made when skipping a bad step needs it (see loop.Parts).
@@ -466,7 +485,7 @@ def _build_parts(
     )  # fmt: skip
 
 
-def _task(cfg: DictConfig, data: Data) -> Task:
+def task_of(cfg: DictConfig, data: Data) -> Task:
     task = Task.from_config(cfg)
     if task.kind == "classification":
         # Accuracy masks negative labels (ignore_index) only where some exist: one check here
@@ -476,7 +495,7 @@ def _task(cfg: DictConfig, data: Data) -> Task:
     return task
 
 
-def _precision(name: str, device: torch.device) -> Precision:
+def precision_of(name: str, device: torch.device) -> Precision:
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
     scaler = torch.amp.GradScaler(device.type) if name == "fp16" else None
     return Precision(device.type, dtype, scaler)
@@ -534,6 +553,11 @@ def _test_and_record(
     model = distributed.inner(parts.model)
     with eval_weights(parts):
         test = evaluate(model, test_batches, parts.loss_fn, parts.task, "test", parts.precision)
+    confusion = None
+    if parts.task.kind == "classification" and cfg.trainer.tensorboard.confusion_matrix:
+        confusion = confusion_matrix(
+            model, test_batches, parts.task.num_classes, parts.precision
+        ).tolist()
     best_record = next(r for r in state.history if r["step"] == state.best_step)
     validated = [r for r in state.history if any(k.startswith("val/") for k in r)]
     results = {
@@ -547,6 +571,8 @@ def _test_and_record(
         "stopped_early": state.stopped_early,
         "train_s": state.train_s,
         "checkpoint_s": state.checkpoint_s,
+        "wall_s": time.perf_counter() - trainlab.STARTED,
+        "test_confusion_matrix": confusion,
     }
     if world.main:
         rundir.write_json(run_dir / "metrics.json", results)
@@ -557,6 +583,9 @@ def _test_and_record(
     # One step past training: a resume purges from its checkpoint's step + 1, so a summary
     # written by an attempt that crashed while testing never shows up twice.
     metrics.log_hparams(writer, hparam_values, scalars, state.step + 1)
+    if confusion is not None:
+        labels = [str(i) for i in range(len(confusion))]
+        metrics.log_confusion(writer, torch.tensor(confusion), labels, state.step + 1)
     return results
 
 
@@ -567,9 +596,16 @@ def _print_summary(run_dir: Path, results: dict[str, Any], world: distributed.Wo
         values = "  ".join(f"{k} {v!r}" for k, v in shown.items())
         print(f"[rank {world.rank}/{world.size}] best epoch {best['epoch']}  {values}", flush=True)
     test = "  ".join(f"{k} {v:.4f}" for k, v in results["test"].items() if not per_label(k))
-    log.info(f"test (best.pt, epoch {best['epoch']}, {monitor} {best[monitor]:.4f}): {test}")
+    stopped = ", stopped early" if results["stopped_early"] else ""
+    log.info("summary")
     log.info(
-        f"trained {results['epochs']} epochs, {results['steps']} steps in {results['train_s']:.1f}s"
+        f"  best:        epoch {best['epoch']} of {results['epochs']}{stopped}, "
+        f"{monitor} {best[monitor]:.4f} (checkpoints/best.pt)"
     )
-    log.info(f"outputs:     {run_dir}")
-    log.info(f"tensorboard: tensorboard --logdir {run_dir / 'tb'}")
+    log.info(f"  test:        {test}")
+    log.info(
+        f"  time:        {results['wall_s']:.1f}s in all, {results['train_s']:.1f}s training "
+        f"({results['steps']} steps)"
+    )
+    log.info(f"  outputs:     {run_dir}")
+    log.info(f"  tensorboard: trainlab tensorboard {run_dir}")

@@ -1,0 +1,208 @@
+"""A run folder put to use after training: `trainlab eval` (a checkpoint's metrics on a split)
+and `trainlab predict` (a CSV of predictions for new inputs). Model, data and metrics are
+rebuilt from the run's own config.yaml, never from conf/, so a run still evaluates after the
+YAML files it was trained from have changed; no flag repeats what the run already says."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+
+from trainlab import checkpoint, config, distributed, rundir
+from trainlab.build import build_loss, build_model
+from trainlab.data import build_data, make_batches
+from trainlab.datasets import float_columns, read_csv
+from trainlab.errors import ConfigError, DataError, TrainlabError
+from trainlab.loop import evaluate
+from trainlab.metrics import per_label
+from trainlab.train import precision_of, task_of
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Rebuilt:
+    """A run's model with a checkpoint's weights, in eval mode, on the run's device."""
+
+    cfg: DictConfig
+    model: nn.Module
+    device: torch.device
+    checkpoint: Path
+    entry: dict[str, Any]  # the checkpoint's manifest entry: step, epoch, metric
+
+
+def rebuild(run_dir: Path, which: str) -> Rebuilt:
+    """`which`: best, last, or the path of one of the run's checkpoint files."""
+    cfg = config.load_run_config(run_dir)
+    config.check(cfg)
+    path = checkpoint_path(run_dir, which)
+    saved = checkpoint.load(path)
+    device = distributed.pick_device(cfg.trainer.accelerator, distributed.World())
+    model = build_model(cfg.model).to(device)
+    model.load_state_dict(saved["model"])
+    model.eval()
+    manifest = checkpoint.read_manifest(path.parent)
+    name = {"best.pt": manifest.get("best"), "last.pt": manifest.get("last")}.get(path.name)
+    entry = manifest["files"].get(name or path.name, {}) | {"name": name or path.name}
+    return Rebuilt(cfg, model, device, path, entry)
+
+
+def checkpoint_path(run_dir: Path, which: str) -> Path:
+    ckpt_dir = run_dir / "checkpoints"
+    if not checkpoint.read_manifest(ckpt_dir)["files"]:
+        raise ConfigError(
+            f"{run_dir}: no checkpoints (checkpoints/{checkpoint.MANIFEST} lists none); the run "
+            "stopped before its first save, so there are no weights to use"
+        )
+    if which in ("best", "last"):
+        return ckpt_dir / f"{which}.pt"
+    path = Path(which)
+    if not path.is_file():
+        raise ConfigError(
+            f"--checkpoint {which}: no such file; use best, last, or a file in {ckpt_dir}"
+        )
+    return path
+
+
+def eval_run(run_dir: Path, which: str, split: str) -> int:
+    """`trainlab eval RUN_DIR`: print a checkpoint's metrics on a split and write them to
+    RUN_DIR/eval/<split>-<checkpoint>.json."""
+    try:
+        run = rebuild(run_dir, which)
+        cfg, device = run.cfg, run.device
+        data = build_data(cfg.dataset, device)
+        workers = cfg.dataset.get("num_workers", 0)
+        rows = {"test": data.test, "val": data.val}[split]
+        batches = make_batches(rows, cfg.trainer.batch_size, False, cfg.seed, device, workers)
+        loss_fn = build_loss(cfg.loss).to(device)
+        started = time.perf_counter()
+        task, precision = task_of(cfg.dataset, data), precision_of(cfg.trainer.precision, device)
+        results = evaluate(run.model, batches, loss_fn, task, split, precision)
+    except TrainlabError as e:
+        return rundir.report(e)
+    entry = run.entry
+    record = {
+        "split": split,
+        "checkpoint": entry["name"],
+        "step": entry.get("step"),
+        "epoch": entry.get("epoch"),
+        "metrics": results,
+        "samples": len(rows),
+        "seconds": time.perf_counter() - started,
+    }
+    label = which if which in ("best", "last") else Path(entry["name"]).stem
+    out = run_dir / "eval" / f"{split}-{label}.json"
+    out.parent.mkdir(exist_ok=True)
+    rundir.write_json(out, record)
+    where = f"epoch {entry.get('epoch')}, step {entry.get('step')}"
+    shown = f"{which}.pt = {entry['name']}" if which in ("best", "last") else entry["name"]
+    print(f"{split} split, {len(rows)} samples, {shown} ({where}):")
+    for key, value in results.items():
+        if not per_label(key):
+            print(f"  {key:<12} {value:.4f}")
+    print(f"written to {out}")
+    return 0
+
+
+# ---- predict ----
+
+
+def predict(run_dir: Path, input_path: Path, output: Path | None, which: str) -> int:
+    """`trainlab predict RUN_DIR --input FILE`: predictions for a CSV table (dataset=csv) or
+    image files (dataset=image_folder), as a CSV."""
+    try:
+        run = rebuild(run_dir, which)
+        target = run.cfg.dataset._target_
+        if target == "trainlab.datasets.csv_table":
+            names, x, labels = _read_table(run.cfg.dataset, input_path)
+        elif target == "trainlab.datasets.image_folder":
+            names, x, labels = _read_images(run.cfg.dataset, input_path)
+        else:
+            raise ConfigError(
+                f"dataset={target}: predict reads new inputs as a CSV table (dataset=csv) or "
+                "as image files (dataset=image_folder); this run was trained on another kind"
+            )
+        with torch.no_grad():
+            out = run.model(x.to(run.device)).float().cpu()
+    except TrainlabError as e:
+        return rundir.report(e)
+    output = output or run_dir / "predictions" / f"{input_path.stem}.csv"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    _write_predictions(output, run.cfg.dataset.task, names, out, labels)
+    print(f"{len(names)} predictions from {run.entry['name']} written to {output}")
+    return 0
+
+
+def _read_table(dataset: DictConfig, path: Path) -> tuple[list[str], Tensor, list[str] | None]:
+    """The input columns the model was trained on, read from `path` as the training table was;
+    the target column may be absent. Class names come from the run's training table."""
+    rows, header = read_csv(path, "--input")
+    train_rows, train_header = read_csv(Path(dataset.path), "dataset.path")
+    columns = (
+        [c for c in train_header if c != dataset.target]
+        if dataset.features is None
+        else list(dataset.features)
+    )
+    missing = [c for c in columns if c not in header]
+    if missing:
+        raise DataError(
+            f"--input {path}: lacks the column(s) {', '.join(missing)} the model was trained on "
+            f"(dataset.features: {', '.join(columns)})"
+        )
+    labels = None
+    if dataset.task == "classification":
+        labels = sorted({row[dataset.target] for row in train_rows})
+    x = torch.from_numpy(float_columns(rows, columns, str(path)))
+    return [str(i) for i in range(len(rows))], x, labels
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def _read_images(dataset: DictConfig, path: Path) -> tuple[list[str], Tensor, list[str] | None]:
+    """One image or a folder of them, through the run's evaluation transforms."""
+    from PIL import Image
+    from torchvision.transforms import Compose
+
+    files = (
+        sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if path.is_dir()
+        else [path]
+    )
+    if not files or not all(p.is_file() for p in files):
+        raise DataError(f"--input {path}: no image files there ({', '.join(IMAGE_SUFFIXES)})")
+    steps = instantiate(OmegaConf.to_container(dataset.transforms, resolve=True))
+    transform = Compose(steps)
+    x = torch.stack([transform(Image.open(p).convert("RGB")) for p in files])
+    train_dir = Path(dataset.train_dir)
+    labels = (
+        sorted(p.name for p in train_dir.iterdir() if p.is_dir()) if train_dir.is_dir() else None
+    )
+    return [str(p) for p in files], x, labels
+
+
+def _write_predictions(
+    output: Path, task: str, names: list[str], out: Tensor, labels: list[str] | None
+) -> None:
+    with output.open("w", newline="") as f:
+        writer = csv.writer(f)
+        if task == "classification":
+            probs = out.softmax(-1)
+            labels = labels or [str(i) for i in range(out.shape[1])]
+            writer.writerow(["input", "prediction", *(f"p_{c}" for c in labels)])
+            for name, p in zip(names, probs.tolist(), strict=True):
+                best = max(range(len(p)), key=p.__getitem__)
+                writer.writerow([name, labels[best], *(f"{v:.6f}" for v in p)])
+        else:
+            writer.writerow(["input", *(f"output_{i}" for i in range(out.shape[1]))])
+            for name, row in zip(names, out.tolist(), strict=True):
+                writer.writerow([name, *(f"{v:.6g}" for v in row)])

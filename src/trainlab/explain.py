@@ -1,0 +1,135 @@
+"""One-line messages for the mistakes Hydra catches while composing the config: an unknown
+group option or key (with the nearest real one), a value of the wrong type, an override that
+does not parse, a YAML file that does not. Hydra's own report is several lines of internals;
+this composes the same overrides again through Hydra's compose API to get at the error
+itself. No torch here: a config error answers in well under a second."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import MissingConfigException, OverrideParseException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+def explain(conf_dir: Path, overrides: list[str]) -> str | None:
+    """Why `trainlab train OVERRIDES` does not compose, as one line, or None if it does (or
+    fails in a way this does not know)."""
+    parser = OverridesParser.create()
+    for text in overrides:
+        try:
+            parser.parse_overrides([text])
+        except OverrideParseException as e:
+            return (
+                f"{text}: not a valid override ({first_line(e)}); write key=value, and quote "
+                "values with brackets, commas or spaces: 'model.hidden=[64,64]'"
+            )
+    parsed = parser.parse_overrides(overrides)
+    # A sweep (-m) composes each of its values; try them with the first value of the others.
+    variants = [[_first(o) for o in parsed]]
+    for i, o in enumerate(parsed):
+        if o.is_sweep_override():
+            values = list(o.sweep_string_iterator())
+            variants += [[*variants[0][:i], f"{o.get_key_element()}={v}", *variants[0][i + 1:]]
+                         for v in values[1:]]  # fmt: skip
+    for variant in variants:
+        message = _compose_error(conf_dir, variant)
+        if message is not None:
+            return message
+    return None
+
+
+def first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else error.__class__.__name__
+
+
+def _first(override) -> str:
+    if not override.is_sweep_override():
+        return override.input_line
+    return f"{override.get_key_element()}={next(iter(override.sweep_string_iterator()))}"
+
+
+def _compose(conf_dir: Path, overrides: list[str]) -> DictConfig:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
+def _compose_error(conf_dir: Path, overrides: list[str]) -> str | None:
+    try:
+        _compose(conf_dir, overrides)
+    except MissingConfigException as e:
+        return _missing_option(e, overrides)
+    except Exception as e:  # ConfigCompositionException and friends: the cause says what
+        cause = e.__cause__
+        if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
+            return _bad_key(conf_dir, overrides, cause)
+        return _yaml_error(e) or first_line(e)
+    return None
+
+
+def _missing_option(error: MissingConfigException, overrides: list[str]) -> str:
+    missing = error.missing_cfg_file or ""
+    group, _, option = missing.rpartition("/")
+    options = list(error.options or [])
+    if not options:  # not a group option: a file named in a defaults list
+        return f"{missing}: no such config file ({first_line(error)})"
+    near = difflib.get_close_matches(option, options, n=1)
+    hint = f"; did you mean {group}={near[0]}?" if near else "."
+    return f"{group}={option}: no such option{hint} Options: {', '.join(options)}"
+
+
+def _bad_key(conf_dir: Path, overrides: list[str], cause: OmegaConfBaseException) -> str:
+    key = cause.full_key
+    given = next((o for o in overrides if o.lstrip("+~").split("=", 1)[0] == key), key)
+    value = given.split("=", 1)[1] if "=" in given else ""
+    if "not in" in str(cause) or "not in struct" in str(cause):
+        parent, _, name = key.rpartition(".")
+        keys = _keys_at(conf_dir, [o for o in overrides if o != given], parent)
+        near = difflib.get_close_matches(name, keys, n=1)
+        where = parent or "the config"
+        if near:
+            full = f"{parent}.{near[0]}" if parent else near[0]
+            return f"{key}: unknown key; did you mean {full}={value}?"
+        listed = ", ".join(keys) if keys else "none"
+        return f"{key}: unknown key; {where} has: {listed}"
+    wanted = re.search(r"could not be converted to (\w+)", str(cause))
+    if wanted:
+        kind = TYPE_WORDS.get(wanted.group(1), wanted.group(1).lower())
+        return f"{key}={value}: must be {kind}, not {value!r}"
+    return f"{key}={value}: {first_line(cause)}"
+
+
+TYPE_WORDS = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false"}
+
+
+def _keys_at(conf_dir: Path, overrides: list[str], parent: str) -> list[str]:
+    try:
+        cfg = _compose(conf_dir, overrides)
+    except Exception:
+        return []
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    return sorted(str(k) for k in node) if isinstance(node, DictConfig) else []
+
+
+def _yaml_error(error: BaseException) -> str | None:
+    """A YAML syntax error in a config file: the file, the line and what is wrong."""
+    import yaml
+
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, yaml.MarkedYAMLError) and seen.problem_mark is not None:
+            mark = seen.problem_mark
+            return (
+                f"{mark.name}: not valid YAML at line {mark.line + 1}, column {mark.column + 1}: "
+                f"{seen.problem}"
+            )
+        seen = seen.__cause__ or seen.__context__
+    return None

@@ -1,0 +1,95 @@
+"""Bad input through the real command line: each mistake exits with its code, names the key
+in one line of stderr, shows no traceback, and leaves no output folder behind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import compose_cfg, run_cli
+
+CSV = ["dataset=csv", "model=mlp", "dataset.features=[f1,f2,f3,f4]"]
+
+# (name, arguments, exit code, what stderr must say). {conf}, {data}, {tmp} are filled in.
+CASES = [
+    ("malformed YAML", ["train", "hydra.searchpath=[file://{conf}]", "experiment=broken"], 2,
+     "broken.yaml: not valid YAML at line 4"),
+    ("unknown option", ["train", "model=transformer"], 2,
+     "model=transformer: no such option. Options: cnn, cnn1d"),
+    ("option misspelt", ["train", "optimizer=adamm"], 2, "did you mean optimizer=adam?"),
+    ("unknown key", ["train", "trainer.max_epoch=3"], 2,
+     "trainer.max_epoch: unknown key; did you mean trainer.max_epochs=3?"),
+    ("key added with +", ["train", "+trainer.foo=1"], 2, "trainer.foo: unknown key"),
+    ("group misspelt", ["train", "schedular=cosine"], 2, "did you mean scheduler=cosine?"),
+    ("model key misspelt", ["train", "model=mlp", "+model.hiden_sizes=[3]"], 2,
+     "model.hiden_sizes: unknown key; did you mean model.hidden_sizes?"),
+    ("wrong type", ["train", "trainer.batch_size=big"], 2,
+     "trainer.batch_size=big: must be an integer"),
+    ("unparsable override", ["train", "model=mlp", "model.hidden_sizes=[64"], 2,
+     "model.hidden_sizes=[64: not a valid override"),
+    ("out of range", ["train", "dataset.val_fraction=1.5"], 2,
+     "dataset.val_fraction=1.5: must be in (0, 1)"),
+    ("smoothing out of range", ["train", "loss.label_smoothing=1.0"], 2,
+     "loss.label_smoothing=1.0: must be in [0, 1)"),
+    ("warmup longer than the run",
+     ["train", "scheduler=lambda_warmup", "scheduler.warmup_steps=100000"], 2,
+     "scheduler.warmup_steps=100000"),
+    ("monitor the task lacks", ["train", "trainer.monitor=val/f1"], 2,
+     "trainer.monitor=val/f1: dataset.task=classification reports val/loss, val/acc"),
+    ("per-rank batch", ["train", "trainer.devices=2", "trainer.batch_size=99"], 2,
+     "trainer.batch_size=99: it is the global batch"),
+    ("unknown precision", ["train", "trainer.precision=fp8"], 2, "trainer.precision=fp8"),
+    ("missing data path", ["train", *CSV, "dataset.path={tmp}/nowhere.csv"], 4,
+     "dataset.path={tmp}/nowhere.csv: no such file"),
+    ("empty data", ["train", *CSV, "dataset.path={tmp}/empty.csv"], 4,
+     "dataset.path={tmp}/empty.csv: the table is empty"),
+    ("class count", ["train", "model=mlp", "model.num_outputs=3"], 2,
+     "model.num_outputs=3: the model gives outputs of shape [2, 3] but the dataset has 10 "
+     "classes (dataset.num_classes=10)"),
+    ("regression loss on classes", ["train", "loss=l1"], 2,
+     "loss=l1 fits regression targets, but dataset.task=classification"),
+    ("labels out of range", ["train", *CSV, "dataset.num_classes=2"], 4,
+     "dataset.num_classes=2: the train labels run from 0 to 2; set dataset.num_classes=3"),
+    ("resume of a non-run folder", ["resume", "{tmp}"], 2, "no config.yaml here"),
+    ("eval without checkpoints", ["eval", "{tmp}/unsaved"], 2, "unsaved: no checkpoints"),
+    ("export of a non-run folder", ["export", "{tmp}"], 2, "no config.yaml here"),
+    ("unknown verb", ["fit"], 2, "unknown verb 'fit'"),
+]  # fmt: skip
+
+
+@pytest.fixture
+def bad_inputs(tmp_path: Path, data_dir: Path) -> dict[str, str]:
+    conf = tmp_path / "myconf"
+    (conf / "experiment").mkdir(parents=True)
+    (conf / "experiment" / "broken.yaml").write_text(
+        "# @package _global_\ntrainer:\n  max_epochs: [1\n"
+    )
+    (tmp_path / "empty.csv").write_text("f1,f2,f3,f4,label\n")
+    unsaved = tmp_path / "unsaved"  # a run that stopped before its first checkpoint
+    unsaved.mkdir()
+    OmegaConf.save(compose_cfg([f"paths.data_dir={data_dir}"]), unsaved / "config.yaml")
+    return {"conf": str(conf), "data": str(data_dir), "tmp": str(tmp_path)}
+
+
+@pytest.mark.parametrize(("name", "args", "code", "message"), CASES, ids=[c[0] for c in CASES])
+def test_bad_input_says_which_key_and_leaves_nothing(
+    tmp_path, data_dir, bad_inputs, name, args, code, message
+):
+    args = [a.format(**bad_inputs) for a in args]
+    if args[0] == "train":
+        args += [f"paths.data_dir={data_dir}", "trainer.max_epochs=1"]
+    done = run_cli(*args, cwd=tmp_path)
+    assert done.returncode == code, done.stderr
+    assert message.format(**bad_inputs) in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    assert [line for line in done.stderr.splitlines() if line.strip()] == [done.stderr.strip()]
+    assert not (tmp_path / "outputs").exists(), "a rejected run left a folder"
+    assert not (Path(bad_inputs["tmp"]) / "unsaved" / "eval").exists()
+
+
+def test_full_error_shows_the_traceback(tmp_path, data_dir):
+    done = run_cli("train", "trainer.max_epoch=3", cwd=tmp_path, env={"HYDRA_FULL_ERROR": "1"})
+    assert done.returncode != 0
+    assert "Traceback" in done.stderr and "max_epoch" in done.stderr

@@ -1,0 +1,222 @@
+"""The verbs after training: progress and summary lines, eval, predict, export (with a reload
+of the exported weights), and `trainlab tensorboard` on the loopback interface."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import run_cli
+from trainlab import cli, export, rundir, train
+from trainlab.evaluation import rebuild
+
+CSV = ["dataset=csv", "model=mlp", "dataset.features=[f1,f2,f3,f4]", "trainer.batch_size=16"]
+
+
+def test_progress_lines_and_summary_when_output_is_not_a_terminal(tmp_path, data_dir):
+    args = [
+        f"paths.output_dir={tmp_path / 'outputs'}", f"paths.data_dir={data_dir}",
+        "trainer.max_epochs=2", "trainer.log_every_n_steps=10", "model=mlp",
+    ]  # fmt: skip
+    done = run_cli("train", *args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    (run_dir,) = (tmp_path / "outputs" / "runs").iterdir()
+    progress = re.findall(
+        r"^epoch (\d)/2  step (\d+)/36  loss [\d.]+  acc [\d.]+  [\d.]+ it/s  eta [\d.]+s$",
+        done.stdout,
+        re.MULTILINE,
+    )
+    # A line at every log point: steps 10, 20, 30 of epoch 1; 40, 50, 60, 70 are 4, 14, ...
+    assert progress == [("1", "10"), ("1", "20"), ("1", "30"), ("2", "4"), ("2", "14"),
+                        ("2", "24"), ("2", "34")]  # fmt: skip
+    assert "\r" not in done.stdout + done.stderr  # no bar redrawn in a log file
+    results = json.loads((run_dir / "metrics.json").read_text())
+    best = results["best"]
+    summary = done.stdout[done.stdout.index("summary\n") :].splitlines()
+    assert summary[1] == (
+        f"  best:        epoch {best['epoch']} of 2, val/acc {best['val/acc']:.4f} "
+        "(checkpoints/best.pt)"
+    )
+    test = results["test"]
+    assert (
+        summary[2]
+        == f"  test:        test/loss {test['test/loss']:.4f}  test/acc {test['test/acc']:.4f}"
+    )
+    assert re.fullmatch(r"  time:        [\d.]+s in all, [\d.]+s training \(72 steps\)", summary[3])
+    assert summary[4:] == [
+        f"  outputs:     {run_dir}",
+        f"  tensorboard: trainlab tensorboard {run_dir}",
+    ]
+
+
+def test_a_bar_on_a_terminal(make_cfg, tmp_path, capsys):
+    cfg = make_cfg("model=mlp", "trainer.progress=bar", "trainer.max_epochs=1")
+    train.run(cfg, rundir.claim(tmp_path / "run"), launch=None)
+    err = capsys.readouterr().err
+    assert "epoch 1/1:" in err and "/36 [" in err and "step/s" in err
+
+
+@pytest.fixture
+def finished_run(make_cfg, tmp_path) -> Path:
+    """A tiny CSV run trained with a model size its YAML does not have (hidden_sizes=[7]):
+    eval and export must take it from the run, with no flag repeating it."""
+    cfg = make_cfg(*CSV, "model.hidden_sizes=[7]", "trainer.max_epochs=3")
+    run_dir = rundir.claim(tmp_path / "run")
+    train.run(cfg, run_dir, launch=None)
+    return run_dir
+
+
+def test_eval_rebuilds_the_run_and_reproduces_its_test_metrics(finished_run, capsys):
+    assert cli.main(["eval", str(finished_run)]) == 0
+    written = json.loads((finished_run / "eval" / "test-best.json").read_text())
+    tested = json.loads((finished_run / "metrics.json").read_text())
+    assert written["metrics"] == tested["test"]
+    assert written["step"] == tested["best"]["step"]
+    out = capsys.readouterr().out
+    assert f"test/acc     {tested['test']['test/acc']:.4f}" in out
+    assert cli.main(["eval", str(finished_run), "--split", "val", "--checkpoint", "last"]) == 0
+    last = json.loads((finished_run / "eval" / "val-last.json").read_text())
+    final = tested["final"]
+    assert last["metrics"]["val/acc"] == final["val/acc"]
+    assert abs(last["metrics"]["val/loss"] - final["val/loss"]) < 1e-9
+
+
+def test_predict_writes_one_row_per_input(finished_run, data_dir, tmp_path):
+    out = tmp_path / "predictions.csv"
+    table = data_dir / "table.csv"
+    assert (
+        cli.main(["predict", str(finished_run), "--input", str(table), "--output", str(out)]) == 0
+    )
+    rows = list(csv.DictReader(out.open()))
+    inputs = list(csv.DictReader(table.open()))
+    assert len(rows) == len(inputs)
+    classes = sorted({r["label"] for r in inputs})
+    assert list(rows[0]) == ["input", "prediction", *(f"p_{c}" for c in classes)]
+    model = rebuild(finished_run, "best").model
+    x = torch.tensor([[float(r[f"f{i}"]) for i in range(1, 5)] for r in inputs])
+    with torch.no_grad():
+        expected = [classes[i] for i in model(x).argmax(-1).tolist()]
+    assert [r["prediction"] for r in rows] == expected
+    for r in rows:
+        assert abs(sum(float(r[f"p_{c}"]) for c in classes) - 1) < 1e-5
+
+
+def test_predict_on_image_files(make_cfg, data_dir, tmp_path):
+    overrides = [
+        "dataset=image_folder",
+        "model=cnn",
+        "dataset.num_workers=0",
+        "trainer.batch_size=8",
+    ]
+    cfg = make_cfg(*overrides, "trainer.max_epochs=1")
+    run_dir = rundir.claim(tmp_path / "run")
+    train.run(cfg, run_dir, launch=None)
+    images = data_dir / "images" / "train" / "dogs"
+    assert cli.main(["predict", str(run_dir), "--input", str(images)]) == 0
+    rows = list(csv.DictReader((run_dir / "predictions" / "dogs.csv").open()))
+    assert len(rows) == len(list(images.iterdir()))
+    assert {r["prediction"] for r in rows} <= {"cats", "dogs"}
+    assert set(rows[0]) == {"input", "prediction", "p_cats", "p_dogs"}
+
+
+def test_export_reloads_into_a_fresh_model_with_identical_outputs(finished_run, tmp_path, capsys):
+    model = rebuild(finished_run, "best").model
+    x = torch.randn(5, 4)
+    with torch.no_grad():
+        want = model(x)
+    assert cli.main(["export", str(finished_run)]) == 0
+    folder = finished_run / "export"
+    fresh = export.load_model(folder / "config.yaml", folder / "model.safetensors")
+    assert fresh is not model and next(fresh.parameters()).shape == (7, 4)
+    with torch.no_grad():
+        assert torch.equal(fresh(x), want)
+    assert b"pickle" not in (folder / "model.safetensors").read_bytes()[:200]
+
+    assert cli.main(["export", str(finished_run), "--format", "torchscript"]) == 0
+    scripted = torch.jit.load(str(folder / "model.torchscript.pt"))
+    with torch.no_grad():
+        assert torch.equal(scripted(x), want)
+
+    capsys.readouterr()
+    code = cli.main(["export", str(finished_run), "--format", "onnx"])
+    if code != 0:  # onnx is optional: without it the message says what to install
+        assert code == 2 and "pip install onnx" in capsys.readouterr().err
+    else:
+        assert (folder / "model.onnx").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_tensorboard_serves_a_run_on_loopback_only(finished_run, tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trainlab", "tensorboard", str(finished_run), "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        line = proc.stdout.readline()
+        url = re.search(r"at (http://\S+/)", line).group(1)
+        port = int(url.rsplit(":", 1)[1].strip("/"))
+        assert url.startswith("http://127.0.0.1:")
+        tags = _get_json(f"{url}data/plugin/scalars/tags")
+        assert "train/loss" in tags["tb"] and "val/acc" in tags["tb"]
+        points = _get_json(f"{url}data/plugin/scalars/scalars?run=tb&tag=val/acc")
+        history = json.loads((finished_run / "metrics.json").read_text())
+        assert len(points) == history["epochs"]
+        assert points[-1][2] == pytest.approx(history["final"]["val/acc"])
+        assert _listening_addresses(port) == {"127.0.0.1"}
+        other = _non_loopback_address()
+        if other is not None:  # nothing answers on the machine's other address
+            with pytest.raises(OSError):
+                socket.create_connection((other, port), timeout=2).close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _get_json(url: str) -> object:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                data = json.loads(response.read())
+            if data:
+                return data
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(url)
+        time.sleep(0.5)  # TensorBoard loads event files in the background
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """Local addresses of listening TCP sockets on `port`, from /proc/net/tcp{,6}."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in Path(table).read_text().splitlines()[1:]:
+            local, _, state = row.split()[1], row.split()[2], row.split()[3]
+            address, port_hex = local.split(":")
+            if state == "0A" and int(port_hex, 16) == port:  # 0A: LISTEN
+                if len(address) == 8:
+                    found.add(socket.inet_ntoa(bytes.fromhex(address)[::-1]))
+                else:
+                    found.add("::" if set(address) == {"0"} else address)
+    return found
+
+
+def _non_loopback_address() -> str | None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # no packet is sent: this only picks a source address
+            address = s.getsockname()[0]
+        except OSError:
+            return None
+    return None if address.startswith("127.") else address
