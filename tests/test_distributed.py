@@ -104,7 +104,8 @@ def test_sigterm_to_the_group_then_two_ranks_resume_bitwise(tmp_path, data_dir):
     status = json.loads((stopped / "status.json").read_text())
     assert status == status | {"status": "interrupted", "reason": "SIGTERM"}, output
     manifest = checkpoint.read_manifest(stopped / "checkpoints")
-    assert 2 * 57 <= manifest["files"][manifest["last"]]["step"] < 30 * 57
+    # Progress lines name the epoch at its log points, so it stopped somewhere past epoch 1.
+    assert 57 < manifest["files"][manifest["last"]]["step"] < 30 * 57
 
     # One process cannot continue it as it was: refused, naming the key and the way out.
     refused = run_cli("resume", str(stopped), cwd=tmp_path)

@@ -111,7 +111,16 @@ def test_a_rejected_run_leaves_no_folder(make_cfg, tmp_path, override, error, me
     with pytest.raises(error, match=message):
         train.run(cfg, run_dir, launch=LAUNCH)
     assert not run_dir.exists()
-    assert not list((tmp_path / "runs").iterdir())
+    assert not (tmp_path / "runs").exists()  # the emptied parent goes too
+
+
+def test_a_rejected_run_keeps_folders_it_did_not_make(make_cfg, tmp_path):
+    (tmp_path / "mine").mkdir()  # the user's own, empty: not ours to remove
+    run_dir = rundir.claim(tmp_path / "mine" / "runs" / "run")
+    with pytest.raises(DataError):
+        train.run(make_cfg("dataset.num_classes=5"), run_dir, launch=LAUNCH)
+    assert [p.name for p in tmp_path.iterdir()] == ["mine"]
+    assert not any((tmp_path / "mine").iterdir())
 
 
 def test_early_stopping_stops_after_patience_validations(make_cfg, tmp_path):

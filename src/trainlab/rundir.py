@@ -35,9 +35,13 @@ def _read_umask() -> int:
 
 _UMASK = _read_umask()
 
+# Parents that claim() had to create for a run folder, so release() removes those and no others.
+_made_parents: dict[Path, list[Path]] = {}
+
 
 def claim(path: Path) -> Path:
     """Create `path` exclusively; if it exists (same stamp, another process), add -1, -2 ..."""
+    missing = [p for p in path.absolute().parents if not p.exists()]
     path.parent.mkdir(parents=True, exist_ok=True)
     for i in range(1000):
         candidate = path if i == 0 else path.with_name(f"{path.name}-{i}")
@@ -45,6 +49,7 @@ def claim(path: Path) -> Path:
             candidate.mkdir()
         except FileExistsError:
             continue
+        _made_parents[candidate.absolute()] = missing  # nearest first
         return candidate
     raise RuntimeError(f"could not create a new folder next to {path}")
 
@@ -58,8 +63,8 @@ def release(run_dir: Path) -> None:
         if (run_dir / ".hydra").exists():
             (run_dir / ".hydra").rmdir()
         run_dir.rmdir()
-        # claim() made runs/ (and outputs/) for it if they were missing: empty, they go too.
-        for parent in (run_dir.parent, run_dir.parent.parent):
+        # Folders claim() made for it (outputs/runs/ on a first run) go too, if still empty.
+        for parent in _made_parents.pop(run_dir.absolute(), []):
             if parent.is_dir() and not any(parent.iterdir()):
                 parent.rmdir()
 
