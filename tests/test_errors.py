@@ -56,6 +56,8 @@ CASES = [
     ("eval without checkpoints", ["eval", "{tmp}/unsaved"], 2, "unsaved: no checkpoints"),
     ("export of a non-run folder", ["export", "{tmp}"], 2, "no config.yaml here"),
     ("unknown verb", ["fit"], 2, "unknown verb 'fit'"),
+    ("two Hydra modes", ["train", "--cfg", "job", "--info", "all"], 2,
+     "Only one of --run, --multirun, --cfg, --info"),
 ]  # fmt: skip
 
 

@@ -17,7 +17,7 @@ from trainlab import (
     config,  # noqa: F401  (registers the schema with Hydra's ConfigStore)
     sweep,  # (registers the job folder name resolver)
 )
-from trainlab.errors import EXIT_CONFIG
+from trainlab.errors import EXIT_CONFIG, first_line
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
@@ -128,6 +128,13 @@ def train(args: list[str]) -> int:
             return EXIT_CONFIG
         print(held, end="", file=sys.stderr)
         return e.code if isinstance(e.code, int) else 1
+    except Exception as e:
+        if _task_entered or full_error:
+            raise
+        # Hydra's usage errors (two of --cfg/-m/--info ...) surface as plain exceptions.
+        sys.stderr = real_stderr
+        print(f"error: {first_line(e)}", file=sys.stderr)
+        return EXIT_CONFIG
     finally:
         sys.stderr = real_stderr
         _release_stderr()

@@ -64,7 +64,7 @@ def setup(devices: int, accelerator: str) -> tuple[World, torch.device]:
             raise ConfigError(
                 f"trainer.devices={devices}: this is one process; start {devices} with "
                 f"torchrun --nproc_per_node={devices} -m trainlab train trainer.devices={devices}"
-                " ... (see README, Scaling out)"
+                " ... (README: Scale out)"
             )
         raise ConfigError(
             f"trainer.devices={devices}: torchrun started {world.size} processes; set "

@@ -17,6 +17,8 @@ from hydra.errors import MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from trainlab.errors import first_line
+
 
 def explain(conf_dir: Path, overrides: list[str]) -> str | None:
     """Why `trainlab train OVERRIDES` does not compose, as one line, or None if it does (or
@@ -43,11 +45,6 @@ def explain(conf_dir: Path, overrides: list[str]) -> str | None:
         if message is not None:
             return message
     return None
-
-
-def first_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else error.__class__.__name__
 
 
 def _first(override) -> str:
