@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import run_cli
 from trainlab import cli, export, rundir, train
@@ -118,9 +119,20 @@ def test_predict_on_image_files(make_cfg, data_dir, tmp_path):
         "dataset.num_workers=0",
         "trainer.batch_size=8",
     ]
-    cfg = make_cfg(*overrides, "trainer.max_epochs=1")
+    histograms = "trainer.tensorboard.histograms_every_n_epochs=1"
+    cfg = make_cfg(*overrides, "trainer.max_epochs=1", histograms)
     run_dir = rundir.claim(tmp_path / "run")
     train.run(cfg, run_dir, launch=None)
+    board = EventAccumulator(str(run_dir / "tb"), size_guidance={"images": 0, "histograms": 0})
+    board.Reload()
+    tags = board.Tags()
+    assert set(tags["images"]) == {"examples/train", "test/confusion_matrix"}
+    shown = board.Images("examples/train")[0]
+    assert (shown.width, shown.height) == (32 * 8, 32 * 2)  # 16 images, 8 a row
+    assert tags["graph"] is True
+    assert {"weights/head.weight", "grads/head.weight"} <= set(tags["histograms"])
+    confusion = json.loads((run_dir / "metrics.json").read_text())["test_confusion_matrix"]
+    assert len(confusion) == 2 and sum(map(sum, confusion)) == 6  # the 6 held-out images
     images = data_dir / "images" / "train" / "dogs"
     assert cli.main(["predict", str(run_dir), "--input", str(images)]) == 0
     rows = list(csv.DictReader((run_dir / "predictions" / "dogs.csv").open()))
