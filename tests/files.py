@@ -39,15 +39,23 @@ def write_cifar(folder: Path, per_batch: int, seed: int = 0) -> None:
         (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
 
 
-def write_csv(path: Path, rows: int, seed: int = 0) -> None:
-    """An iris-like table: four numeric features, a string class label, a float target."""
+def write_csv(
+    path: Path,
+    rows: int,
+    seed: int = 0,
+    features: tuple[str, ...] = ("f1", "f2", "f3", "f4"),
+    target: str = "label",
+    score: bool = True,
+) -> None:
+    """An iris-like table: four numeric features, a string class label (and a float target)."""
     rng = np.random.default_rng(seed)
     names = ["setosa", "versicolor", "virginica"]
-    lines = ["f1,f2,f3,f4,label,score"]
+    lines = [",".join([*features, target, *(["score"] if score else [])])]
     for i in range(rows):
         c = i % 3
-        x = rng.normal(loc=c, scale=0.3, size=4)
-        lines.append(",".join(f"{v:.4f}" for v in x) + f",{names[c]},{x.sum():.4f}")
+        x = rng.normal(loc=c, scale=0.3, size=len(features))
+        extra = f",{x.sum():.4f}" if score else ""
+        lines.append(",".join(f"{v:.4f}" for v in x) + f",{names[c]}{extra}")
     path.write_text("\n".join(lines) + "\n")
 
 
