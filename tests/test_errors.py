@@ -29,6 +29,8 @@ CASES = [
      "trainer.batch_size=big: must be an integer"),
     ("unparsable override", ["train", "model=mlp", "model.hidden_sizes=[64"], 2,
      "model.hidden_sizes=[64: not a valid override"),
+    ("no value", ["train", "trainer.monitor=null"], 2,
+     "trainer.monitor=null: must have a value (default: val/acc)"),
     ("out of range", ["train", "dataset.val_fraction=1.5"], 2,
      "dataset.val_fraction=1.5: must be in (0, 1)"),
     ("smoothing out of range", ["train", "loss.label_smoothing=1.0"], 2,

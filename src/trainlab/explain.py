@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
+from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -89,7 +90,8 @@ def _bad_key(conf_dir: Path, overrides: list[str], cause: OmegaConfBaseException
     value = given.split("=", 1)[1] if "=" in given else ""
     if "not in" in str(cause) or "not in struct" in str(cause):
         parent, _, name = key.rpartition(".")
-        keys = _keys_at(conf_dir, [o for o in overrides if o != given], parent)
+        node = _node_at(conf_dir, [o for o in overrides if o != given], parent)
+        keys = sorted(str(k) for k in node) if isinstance(node, DictConfig) else []
         near = difflib.get_close_matches(name, keys, n=1)
         where = parent or "the config"
         if near:
@@ -97,6 +99,10 @@ def _bad_key(conf_dir: Path, overrides: list[str], cause: OmegaConfBaseException
             return f"{key}: unknown key; did you mean {full}={value}?"
         listed = ", ".join(keys) if keys else "none"
         return f"{key}: unknown key; {where} has: {listed}"
+    if "is not Optional" in str(cause):
+        default = _node_at(conf_dir, [o for o in overrides if o != given], key)
+        shown = f" (default: {default})" if default is not None else ""
+        return f"{key}={value}: must have a value{shown}; leave it out or give one"
     wanted = re.search(r"could not be converted to (\w+)", str(cause))
     if wanted:
         kind = TYPE_WORDS.get(wanted.group(1), wanted.group(1).lower())
@@ -107,13 +113,13 @@ def _bad_key(conf_dir: Path, overrides: list[str], cause: OmegaConfBaseException
 TYPE_WORDS = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false"}
 
 
-def _keys_at(conf_dir: Path, overrides: list[str], parent: str) -> list[str]:
+def _node_at(conf_dir: Path, overrides: list[str], key: str) -> Any:
+    """What `key` holds in the config composed from `overrides` (None if that fails too)."""
     try:
         cfg = _compose(conf_dir, overrides)
+        return OmegaConf.select(cfg, key) if key else cfg
     except Exception:
-        return []
-    node = OmegaConf.select(cfg, parent) if parent else cfg
-    return sorted(str(k) for k in node) if isinstance(node, DictConfig) else []
+        return None
 
 
 def _yaml_error(error: BaseException) -> str | None:
