@@ -1,5 +1,7 @@
-"""Bad input through the real command line: each mistake exits with its code, names the key
-in one line of stderr, shows no traceback, and leaves no output folder behind."""
+"""Bad input through the command line's entry point: each mistake exits with its code, names
+the key in one line of stderr, shows no traceback, and leaves no output folder behind. The rows
+call `cli.main` in-process (what `python -m trainlab` runs; a fresh interpreter per row would
+cost 2 s each); the process boundary is tested by the HYDRA_FULL_ERROR test and test_cli."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import compose_cfg, run_cli
+from trainlab import cli
 
 CSV = ["dataset=csv", "model=mlp", "dataset.features=[f1,f2,f3,f4]"]
 
@@ -79,16 +82,20 @@ def bad_inputs(tmp_path: Path, data_dir: Path) -> dict[str, str]:
 
 @pytest.mark.parametrize(("name", "args", "code", "message"), CASES, ids=[c[0] for c in CASES])
 def test_bad_input_says_which_key_and_leaves_nothing(
-    tmp_path, data_dir, bad_inputs, name, args, code, message
+    tmp_path, data_dir, bad_inputs, monkeypatch, capsys, name, args, code, message
 ):
     args = [a.format(**bad_inputs) for a in args]
     if args[0] == "train":
         args += [f"paths.data_dir={data_dir}", "trainer.max_epochs=1"]
-    done = run_cli(*args, cwd=tmp_path)
-    assert done.returncode == code, done.stderr
-    assert message.format(**bad_inputs) in done.stderr, done.stderr
-    assert "Traceback" not in done.stderr
-    assert [line for line in done.stderr.splitlines() if line.strip()] == [done.stderr.strip()]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    capsys.readouterr()
+    returned = cli.main(args)  # an exception escaping here is the traceback a user would see
+    stderr = capsys.readouterr().err
+    assert returned == code, stderr
+    assert message.format(**bad_inputs) in stderr, stderr
+    assert "Traceback" not in stderr
+    assert [line for line in stderr.splitlines() if line.strip()] == [stderr.strip()]
     assert not (tmp_path / "outputs").exists(), "a rejected run left a folder"
     assert not (Path(bad_inputs["tmp"]) / "unsaved" / "eval").exists()
 

@@ -141,6 +141,7 @@ def test_predict_on_image_files(make_cfg, data_dir, tmp_path):
     assert set(rows[0]) == {"input", "prediction", "p_cats", "p_dogs"}
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 def test_export_reloads_into_a_fresh_model_with_identical_outputs(finished_run, tmp_path, capsys):
     model = rebuild(finished_run, "best").model
     x = torch.randn(5, 4)
