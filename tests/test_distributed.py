@@ -82,6 +82,11 @@ def test_two_ranks_train_like_one_process_into_one_folder(tmp_path, data_dir, ma
     assert set(reports) == {"0", "1"} and reports["0"] == reports["1"], done.stdout
     metrics = json.loads((two / "metrics.json").read_text())
     assert f"test/acc {metrics['test']['test/acc']!r}" in reports["0"]
+    # The test's confusion matrix counts every test sample once over both ranks, like one process.
+    alone = json.loads((one / "metrics.json").read_text())
+    confusion = torch.tensor(metrics["test_confusion_matrix"])
+    assert confusion.sum() == sum(map(sum, alone["test_confusion_matrix"]))
+    assert confusion.trace() / confusion.sum() == pytest.approx(metrics["test"]["test/acc"])
     assert json.loads((two / "run.json").read_text())["environment"]["world_size"] == 2
     assert "50 samples per process" not in done.stdout and "32 samples per process" in done.stdout
 

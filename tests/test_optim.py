@@ -186,6 +186,10 @@ def test_asgd_validates_tests_and_keeps_the_averaged_weights(make_cfg, tmp_path)
     model.load_state_dict(last["model"])
     assert evaluate(model, val, loss_fn, task, "val")["val/loss"] != results["final"]["val/loss"]
 
+    # The test's confusion matrix comes from the same (averaged) weights as its accuracy.
+    confusion = torch.tensor(results["test_confusion_matrix"])
+    assert confusion.trace() / confusion.sum() == pytest.approx(results["test"]["test/acc"])
+
 
 def test_param_groups_by_name_pattern(make_cfg, tmp_path):
     groups = '[{match:"hidden.0.*",lr:0.1},{match:"head.*",weight_decay:0.5}]'

@@ -208,9 +208,12 @@ def evaluate(
     task: Task,
     split: str,
     precision: Precision | None = None,
+    confusion: Tensor | None = None,
 ) -> dict[str, float]:
     """The task's metrics over `batches` as {split/metric: value}, under the run's autocast;
-    leaves the model's train/eval mode as it found it."""
+    leaves the model's train/eval mode as it found it. Classification: a `confusion` tensor
+    (num_classes x num_classes, int64, on the batches' device) gets this rank's counts of
+    (true class, predicted class) added, negative labels (ignore_index) left out."""
     was_training = model.training
     model.eval()
     sums = tasks.new_sums(task, batches.device)
@@ -219,28 +222,12 @@ def evaluate(
             output = model(x)
             loss = loss_fn(output, y)
         tasks.accumulate(task, sums, loss, output, y)
+        if confusion is not None:
+            n, keep = len(confusion), y >= 0
+            pairs = y[keep] * n + output.argmax(-1)[keep]
+            confusion.view(-1).add_(torch.bincount(pairs, minlength=n * n))
     model.train(was_training)
     return tasks.summarize(task, sums, split)
-
-
-@torch.no_grad()
-def confusion_matrix(
-    model: nn.Module, batches: Batches, num_classes: int, precision: Precision
-) -> Tensor:
-    """Counts of (true class, predicted class) over `batches`, added up over the ranks;
-    negative labels (ignore_index) are left out."""
-    was_training = model.training
-    model.eval()
-    counts = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=batches.device)
-    for x, y in batches.epoch(0):
-        with precision.autocast():
-            predicted = model(x).argmax(-1)
-        keep = y >= 0
-        counts += torch.bincount(
-            y[keep] * num_classes + predicted[keep], minlength=num_classes * num_classes
-        )
-    model.train(was_training)
-    return distributed.all_reduce_(counts).reshape(num_classes, num_classes).cpu()
 
 
 def fit(

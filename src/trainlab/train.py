@@ -36,7 +36,6 @@ from trainlab.loop import (
     LoopState,
     Parts,
     Precision,
-    confusion_matrix,
     eval_weights,
     evaluate,
     fit,
@@ -308,6 +307,8 @@ def run(
 def _log_inputs(cfg: DictConfig, parts: Parts, writer: Any) -> None:
     """What TensorBoard shows of the model and its inputs at a fresh start."""
     tb = cfg.trainer.tensorboard
+    if not (tb.graph or tb.example_images):
+        return
     x, _ = parts.train.sample(max(tb.example_images, 2))
     if tb.graph:
         metrics.log_graph(writer, checkpoint.unwrap(parts.model), x[:2])
@@ -551,13 +552,15 @@ def _test_and_record(
     # best.pt already holds the weights that were validated (the ASGD average, if asked for).
     parts.eval_with_average = False
     model = distributed.inner(parts.model)
-    with eval_weights(parts):
-        test = evaluate(model, test_batches, parts.loss_fn, parts.task, "test", parts.precision)
-    confusion = None
+    counts = None
     if parts.task.kind == "classification" and cfg.trainer.tensorboard.confusion_matrix:
-        confusion = confusion_matrix(
-            model, test_batches, parts.task.num_classes, parts.precision
-        ).tolist()
+        n = parts.task.num_classes
+        counts = torch.zeros(n, n, dtype=torch.int64, device=device)
+    with eval_weights(parts):
+        test = evaluate(
+            model, test_batches, parts.loss_fn, parts.task, "test", parts.precision, counts
+        )
+    confusion = None if counts is None else distributed.all_reduce_(counts).cpu().tolist()
     best_record = next(r for r in state.history if r["step"] == state.best_step)
     validated = [r for r in state.history if any(k.startswith("val/") for k in r)]
     results = {
