@@ -37,7 +37,7 @@ verbs:
 """
 
 _task_entered = False
-# Hydra's own report of a composition error goes here until the task starts (see train()).
+# Hydra's stderr is held here until the task starts (see train()), then handed back.
 _hydra_stderr: io.StringIO | None = None
 _real_stderr = sys.stderr
 
@@ -100,49 +100,47 @@ def train(args: list[str]) -> int:
         )
         return EXIT_CONFIG
     sys.argv = ["trainlab train", *args]
-    global _hydra_stderr
     # Hydra reports a composition error in several lines of its internals; until the task
     # starts its stderr is held back, and an error is said again in one line (explain.py).
     # HYDRA_FULL_ERROR=1 shows Hydra's own report and traceback instead.
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
-    global _real_stderr
-    _hydra_stderr = None if full_error else io.StringIO()
-    real_stderr = _real_stderr = sys.stderr
-    if _hydra_stderr is not None:
-        sys.stderr = _hydra_stderr
+    if not full_error:
+        _hold_stderr()
     try:
         _train_app()
     except SystemExit as e:
         held = _release_stderr(replay=False)
-        sys.stderr = real_stderr
         # Hydra exits 1 for every error it reports; the ones before our task runs are
         # composition and usage errors (unknown key or option, wrong type, bad override).
         if e.code == 1 and not _task_entered:
             from trainlab.explain import explain
 
             message = explain(CONF_DIR, _overrides(args))
-            if message is None:
-                print(held, end="", file=sys.stderr)
-            else:
-                print(f"error: {message}", file=sys.stderr)
+            print(held if message is None else f"error: {message}\n", end="", file=sys.stderr)
             return EXIT_CONFIG
         print(held, end="", file=sys.stderr)
         return e.code if isinstance(e.code, int) else 1
     except Exception as e:
+        _release_stderr(replay=False)
         if _task_entered or full_error:
             raise
         # Hydra's usage errors (two of --cfg/-m/--info ...) surface as plain exceptions.
-        sys.stderr = real_stderr
         print(f"error: {first_line(e)}", file=sys.stderr)
         return EXIT_CONFIG
     finally:
-        sys.stderr = real_stderr
-        _release_stderr()
+        _release_stderr()  # a run that never reached the task (--cfg job): its warnings
     return 0
 
 
+def _hold_stderr() -> None:
+    global _hydra_stderr, _real_stderr
+    _real_stderr, _hydra_stderr = sys.stderr, io.StringIO()
+    sys.stderr = _hydra_stderr
+
+
 def _release_stderr(replay: bool = True) -> str:
-    """Stop holding Hydra's stderr back; replay what was held (warnings of a good run)."""
+    """Stop holding Hydra's stderr back (a no-op when nothing is held); replay what was held
+    (a good run's warnings) unless the caller reports it otherwise. Returns it."""
     global _hydra_stderr
     held, _hydra_stderr = _hydra_stderr, None
     if held is None:
