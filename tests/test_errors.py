@@ -25,6 +25,8 @@ CASES = [
     ("unknown key", ["train", "trainer.max_epoch=3"], 2,
      "trainer.max_epoch: unknown key; did you mean trainer.max_epochs=3?"),
     ("key added with +", ["train", "+trainer.foo=1"], 2, "trainer.foo: unknown key"),
+    ("nested key added with +", ["train", "+trainer.tensorboard.grahp=1"], 2,
+     "trainer.tensorboard.grahp: unknown key; did you mean trainer.tensorboard.graph?"),
     ("group misspelt", ["train", "schedular=cosine"], 2, "did you mean scheduler=cosine?"),
     ("model key misspelt", ["train", "model=mlp", "+model.hiden_sizes=[3]"], 2,
      "model.hiden_sizes: unknown key; did you mean model.hidden_sizes?"),

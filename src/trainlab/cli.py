@@ -14,12 +14,12 @@ import hydra
 from omegaconf import DictConfig
 
 from trainlab import (
-    config,  # noqa: F401  (registers the schema with Hydra's ConfigStore)
+    config,  # (importing it registers the schema with Hydra's ConfigStore)
     sweep,  # (registers the job folder name resolver)
 )
 from trainlab.errors import EXIT_CONFIG, first_line
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+CONF_DIR = config.CONF_DIR
 
 USAGE = """\
 usage: trainlab <verb> [args]

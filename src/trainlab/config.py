@@ -21,6 +21,9 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from trainlab.errors import ConfigError
 
+# conf/ ships in the checkout next to src/ (an editable install reads it from there).
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
 
 @dataclass
 class EarlyStoppingConfig:
@@ -95,13 +98,6 @@ class TrainConfig:
 
 
 ConfigStore.instance().store(name="trainlab_schema", node=TrainConfig)
-_SCHEMA_NODES = {
-    "paths": PathsConfig,
-    "trainer": TrainerConfig,
-    "trainer.early_stopping": EarlyStoppingConfig,
-    "trainer.checkpoint": CheckpointConfig,
-    "trainer.tensorboard": TensorBoardConfig,
-}
 
 # What each kind of task measures on every split (train/, val/, test/). Multi-label runs add
 # f1_<i> per label; multi-task runs add <head>_<metric> for each head's own task.
@@ -239,7 +235,8 @@ def _check_monitor(cfg: DictConfig) -> None:
 def _check_known_keys(node: DictConfig, schema: type, prefix: str) -> None:
     """Keys the schema types: one added with `+key=value` is refused like a misspelt one. (A
     group option's own keys are passed to its constructor, which refuses unknown ones.)"""
-    known = [f.name for f in dataclasses.fields(schema)]
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    known = list(fields)
     for key in node:
         name = f"{prefix}{key}"
         if key not in known and key != "hydra":
@@ -249,9 +246,9 @@ def _check_known_keys(node: DictConfig, schema: type, prefix: str) -> None:
                 f"did you mean {prefix}{near[0]}?" if near else f"{where} has: {', '.join(known)}"
             )
             raise ConfigError(f"{name}: unknown key; {hint}")
-        field_type = _SCHEMA_NODES.get(name)
-        if field_type is not None and isinstance(node[key], DictConfig):
-            _check_known_keys(node[key], field_type, f"{name}.")
+        nested = fields[key].default_factory if key in fields else None
+        if dataclasses.is_dataclass(nested) and isinstance(node[key], DictConfig):
+            _check_known_keys(node[key], nested, f"{name}.")
 
 
 def _check_devices(cfg: DictConfig) -> None:
@@ -434,7 +431,7 @@ def load_run_config(run_dir: Path) -> DictConfig:
     return cfg
 
 
-TRAINER_DEFAULTS = Path(__file__).resolve().parents[2] / "conf" / "trainer" / "default.yaml"
+TRAINER_DEFAULTS = CONF_DIR / "trainer" / "default.yaml"
 
 
 def check_targets(node: Any, path: str = "") -> None:
