@@ -27,6 +27,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from trainlab import rundir
 from trainlab.errors import TrainlabError
 from trainlab.rundir import write_atomic
 
@@ -355,12 +356,13 @@ def has_checkpoint(ckpt_dir: Path) -> bool:
     return any(e.get("resumable", True) for e in read_manifest(ckpt_dir)["files"].values())
 
 
-def sweep_temp_files(folder: Path) -> list[Path]:
-    """Remove the temp files an interrupted atomic write left (.<name>.<random>.tmp)."""
-    stale = sorted(folder.glob(".*.tmp")) if folder.is_dir() else []
-    for path in stale:
-        path.unlink(missing_ok=True)
-    return stale
+# The files a checkpoint folder holds; sweep_temp_files removes only temp files of these.
+FILES = ("step_*.pt", "best_step_*.pt", "last.pt", "best.pt", MANIFEST)
+
+
+def sweep_temp_files(ckpt_dir: Path) -> list[Path]:
+    """Remove the temp files an interrupted checkpoint write left (.<name>.<random>.tmp)."""
+    return rundir.sweep_temp_files(ckpt_dir, FILES)
 
 
 def _write(path: Path, payload: bytes, info: dict[str, Any], best: bool) -> dict[str, Any]:

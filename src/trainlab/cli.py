@@ -18,6 +18,7 @@ from trainlab import (
     sweep,  # (registers the job folder name resolver)
 )
 from trainlab.errors import EXIT_CONFIG, first_line
+from trainlab.signals import graceful_stop
 
 CONF_DIR = config.CONF_DIR
 
@@ -100,6 +101,21 @@ def train(args: list[str]) -> int:
         )
         return EXIT_CONFIG
     sys.argv = ["trainlab train", *args]
+    # Signals are caught from here on: one during start-up (Hydra, the torch import) is seen
+    # by the run once it is set up, and recorded, instead of killing it half-made.
+    with graceful_stop() as stop:
+        code = _train(args)
+    if code == 0 and stop.signum is not None and _multirun(args):
+        code = 128 + stop.signum  # a sweep stopped between jobs
+    return code
+
+
+def _train(args: list[str]) -> int:
+    global _task_entered
+    message = precheck(args)
+    if message is not None:
+        print(f"error: {message}", file=sys.stderr)
+        return EXIT_CONFIG
     # Hydra reports a composition error in several lines of its internals; until the task
     # starts its stderr is held back, and an error is said again in one line (explain.py).
     # HYDRA_FULL_ERROR=1 shows Hydra's own report and traceback instead.
@@ -130,6 +146,46 @@ def train(args: list[str]) -> int:
     finally:
         _release_stderr()  # a run that never reached the task (--cfg job): its warnings
     return 0
+
+
+def _multirun(args: list[str]) -> bool:
+    return "-m" in args or "--multirun" in args
+
+
+def precheck(args: list[str]) -> str | None:
+    """The whole config, `hydra:` included, checked before Hydra acts on it: Hydra builds the
+    callbacks and configures logging (dictConfig calls what a `()` key names) before any
+    callback of ours runs. Composed through the compose API, with a sweep's first values;
+    what does not compose here is left to Hydra, which reports it."""
+    flags = [a for a in args if a.startswith("-") and a not in ("-m", "--multirun")]
+    if flags:  # --cfg, --info, -cd ...: nothing is run, or another config folder is used
+        return None
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf.errors import OmegaConfBaseException
+
+    from trainlab.errors import ConfigError
+    from trainlab.explain import first_values
+
+    try:
+        overrides = first_values(OverridesParser.create().parse_overrides(_overrides(args)))
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose("train", overrides=overrides, return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
+    except Exception:
+        return None
+    finally:
+        GlobalHydra.instance().clear()
+    try:
+        config.check(cfg)
+    except ConfigError as e:
+        return str(e)
+    except OmegaConfBaseException:
+        return None  # e.g. an interpolation only a real launch resolves; the callback checks
+    return None
 
 
 def _hold_stderr() -> None:
@@ -176,10 +232,11 @@ def resume(args: list[str]) -> int:
         help="let this key (or group, e.g. optimizer) differ from the stored config",
     )
     ns = parser.parse_intermixed_args(args)  # overrides and --allow-change in any order
-    from trainlab import train as train_module
+    with graceful_stop():  # from before the torch import on (see train())
+        from trainlab import train as train_module
 
-    argv = ["trainlab", "resume", *args]
-    return train_module.resume(ns.run_dir, ns.overrides, ns.allow_change, argv=argv)
+        argv = ["trainlab", "resume", *args]
+        return train_module.resume(ns.run_dir, ns.overrides, ns.allow_change, argv=argv)
 
 
 def report(args: list[str]) -> int:

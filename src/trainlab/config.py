@@ -10,16 +10,17 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from trainlab.errors import ConfigError
+from trainlab import targets
+from trainlab.errors import ConfigError, first_line
 
 # conf/ ships in the checkout next to src/ (an editable install reads it from there).
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -130,24 +131,6 @@ LOSS_TASKS = {
 # Binary targets come as {negative_label, 1}: BCE wants 0/1, the soft margin -1/+1.
 NEGATIVE_LABEL = {"torch.nn.BCEWithLogitsLoss": 0.0, "torch.nn.SoftMarginLoss": -1.0}
 
-# `_target_` may only name these modules: a config.yaml read back for resume must not be able
-# to call arbitrary code (os.system, torch.hub.load). Your own: export TRAINLAB_TARGETS=pkg,pkg2.
-ALLOWED_TARGETS = (
-    "trainlab.",
-    "torch.nn.",
-    "torch.optim.",
-    "torchvision.models.",
-    "torchvision.datasets.",
-    "torchvision.transforms.",
-)
-
-
-def allowed_targets() -> tuple[str, ...]:
-    extra = os.environ.get("TRAINLAB_TARGETS", "")
-    return ALLOWED_TARGETS + tuple(
-        f"{p.strip().rstrip('.')}." for p in extra.split(",") if p.strip()
-    )
-
 
 def metric_names(dataset: DictConfig) -> list[str]:
     """Every metric a run on this dataset reports per split (without the split prefix)."""
@@ -171,7 +154,7 @@ def monitor_mode(trainer: DictConfig) -> str:
 def check(cfg: DictConfig) -> None:
     """Raise ConfigError for the first value that breaks a rule; cheap, touches no files."""
     _check_known_keys(cfg, TrainConfig, "")
-    check_targets(cfg)
+    check_name(cfg.name)
     _at_least(cfg, "seed", 0)
     _at_least(cfg, "trainer.max_epochs", 1)
     _at_least(cfg, "trainer.max_steps", 1, optional=True)
@@ -218,6 +201,28 @@ def check(cfg: DictConfig) -> None:
     _check_optimizer(cfg)
     _check_scheduler(cfg)
     _check_loss(cfg.loss, cfg.dataset, "loss")
+    # Last: resolving a target imports its package (torch), so the rules above answer first.
+    targets.check(cfg)
+
+
+NAME_MAX = 100  # characters; the folder adds a 26-character stamp, filesystems allow 255 bytes
+
+
+def check_name(name: Any) -> None:
+    """`name` ends the run folder's name: one path component, nothing that leaves outputs/."""
+    text = str(name)
+    bad = (
+        not text
+        or text in (".", "..")
+        or any(c in text for c in "/\\")
+        or any(ord(c) < 32 or ord(c) == 127 for c in text)
+        or len(text.encode()) > NAME_MAX
+    )
+    if bad:
+        raise ConfigError(
+            f"name={text!r}: must be one folder name: not empty, no '/' or '\\', not '.' or "
+            f"'..', no control characters, at most {NAME_MAX} bytes; e.g. name=cnn-lr0.1"
+        )
 
 
 def _check_monitor(cfg: DictConfig) -> None:
@@ -412,44 +417,55 @@ def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
 
 
 def load_run_config(run_dir: Path) -> DictConfig:
-    """The stored, resolved config of a run, typed by the schema: the source of truth on resume."""
+    """The stored, resolved config of a run, typed by the schema: the source of truth on resume.
+    Every `_target_` in it is checked before anything uses it (a run folder may come from
+    someone else)."""
     path = run_dir / "config.yaml"
     if not path.is_file():
-        raise ConfigError(f"{run_dir}: no config.yaml here; is it a trainlab run folder?")
+        if (run_dir / ".hydra").is_dir():
+            raise ConfigError(
+                f"{run_dir}: this run stopped during start-up, before it wrote config.yaml, so "
+                "nothing was trained and there is nothing to continue; start it again with "
+                "`trainlab train` (its overrides are in .hydra/overrides.yaml)"
+            )
+        raise ConfigError(
+            f"{run_dir}: no config.yaml here, so it is not a trainlab run folder (every run "
+            "writes one when it starts); give the folder of a run, e.g. outputs/runs/<run>"
+        )
     try:
         stored = OmegaConf.load(path)
-    except yaml.YAMLError as e:
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}: not valid YAML{where}; restore the file the run wrote") from e
+        copies = sorted((run_dir / "checkpoints").glob("*.pt"))
+        copy = (
+            f"; every checkpoint holds a copy (its 'config' entry), e.g. {copies[-1]}"
+            if copies
+            else ""
+        )
+        raise ConfigError(
+            f"{path}: does not parse{where} ({type(e).__name__}); restore the file the run "
+            f"wrote{copy}"
+        ) from None
+    if not isinstance(stored, DictConfig):
+        raise ConfigError(f"{path}: not a run's config (a YAML mapping was expected)")
+    targets.check(stored)
     # trainer keys added to trainlab after the run was trained take their current defaults.
     trainer_defaults = (
         {"trainer": OmegaConf.load(TRAINER_DEFAULTS)} if TRAINER_DEFAULTS.is_file() else {}
     )
-    cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), trainer_defaults, stored)
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), trainer_defaults, stored)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "?"
+        raise ConfigError(
+            f"{path}: {key}: {first_line(e)}; the file is not what the run wrote, restore it"
+        ) from None
     OmegaConf.set_struct(cfg, True)
     return cfg
 
 
 TRAINER_DEFAULTS = CONF_DIR / "trainer" / "default.yaml"
-
-
-def check_targets(node: Any, path: str = "") -> None:
-    """Every `_target_` under `node` is in the allowlist (ConfigError names the first not)."""
-    if isinstance(node, DictConfig):
-        target = node.get("_target_") if "_target_" in node else None
-        if target is not None and not str(target).startswith(allowed_targets()):
-            allowed = ", ".join(p.rstrip(".") for p in allowed_targets())
-            raise ConfigError(
-                f"{path}._target_={target}: not an allowed target; targets must be in {allowed}. "
-                f"To use your own code: export TRAINLAB_TARGETS=<your package>"
-            )
-        for key in node:
-            if key != "hydra":
-                check_targets(node._get_node(key), f"{path}.{key}" if path else str(key))
-    elif isinstance(node, ListConfig):
-        for i in range(len(node)):
-            check_targets(node._get_node(i), f"{path}[{i}]")
 
 
 def _at_least(cfg: DictConfig, key: str, low: float, optional: bool = False) -> None:

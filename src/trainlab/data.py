@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
+from trainlab import rundir
 from trainlab.build import instantiate_node
 from trainlab.errors import DataError
 from trainlab.signals import HANDLED
@@ -70,6 +71,10 @@ class Data:
     train: Split | Dataset
     val: Split | Dataset
     test: Split | Dataset
+    # The names of the class labels 0, 1, ... where the data has them (a CSV's target values,
+    # an image folder's class folders); stored in run.json so predict never re-reads the data.
+    classes: list[str] | None = None
+    features: list[str] | None = None  # the input columns' names (a CSV table)
 
 
 def build_data(cfg: DictConfig, device: torch.device) -> Data:
@@ -88,7 +93,10 @@ def build_data(cfg: DictConfig, device: torch.device) -> Data:
         check_split(cfg, name, split)
     train_idx, val_idx = validation_indices(len(train), cfg.val_fraction, cfg.split_seed)
     train, val = train.take(train_idx), train.take(val_idx)
-    return Data(train=train.to(device), val=val.to(device), test=test.to(device))
+    return Data(
+        train=train.to(device), val=val.to(device), test=test.to(device),
+        classes=loaded.get("classes"), features=loaded.get("features"),
+    )  # fmt: skip
 
 
 def validation_indices(n: int, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
@@ -247,9 +255,12 @@ class LoaderBatches:
 
 def _default_signals(worker_id: int) -> None:
     """Workers are forked from a process whose stop signals only set a flag (see signals.py);
-    a worker must die when its DataLoader terminates it."""
+    a worker must die when its DataLoader terminates it. A forked worker also shares the run
+    folder's lock: it lets go of its copy, so the lock dies with the main process (kill -9)
+    and not seconds later with the last orphaned worker."""
     for s in HANDLED:
         signal.signal(s, signal.SIG_DFL)
+    rundir.forget_locks()
 
 
 def make_batches(
@@ -348,6 +359,7 @@ def _dataset_splits(cfg: DictConfig, loaded: DatasetSplits) -> Data:
         train=Subset(loaded.train, train_idx.tolist()),
         val=Subset(loaded.train_eval, val_idx.tolist()),
         test=loaded.test,
+        classes=loaded.classes,
     )
 
 

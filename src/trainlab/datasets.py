@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import pickle
 from collections.abc import Sequence
 from pathlib import Path
@@ -162,15 +163,16 @@ def csv_table(
     classes = sorted(set(raw_y)) if task == "classification" else None
     encode = (lambda v: classes.index(v)) if classes else float  # type: ignore[union-attr]
     y = _encode(raw_y, encode, path, target)
+    names = {"classes": classes, "features": columns}  # kept in run.json for predict
     if test_path is None:
-        return _hold_out(x, y, test_fraction, test_split_seed)
+        return _hold_out(x, y, test_fraction, test_split_seed) | names
     test_rows, _ = read_csv(Path(test_path), "dataset.test_path")
     return {
         "x_train": x,
         "y_train": y,
         "x_test": float_columns(test_rows, columns, test_path),
         "y_test": _encode([row[target] for row in test_rows], encode, test_path, target),
-    }
+    } | names
 
 
 def image_folder(
@@ -189,7 +191,7 @@ def image_folder(
 
     def folder(path: str, key: str, steps: list[Any]) -> ImageFolder:
         try:
-            return ImageFolder(path, transform=Compose(steps))
+            return ImageFolder(path, transform=Compose(steps), loader=load_image)
         except (FileNotFoundError, OSError) as e:
             raise DataError(
                 f"dataset.{key}={path}: {first_line(e)} (expected {path}/<class>/<image>.png)"
@@ -209,6 +211,20 @@ def image_folder(
     return DatasetSplits(
         Subset(train, rest), Subset(train_eval, rest), Subset(train_eval, held), train.classes
     )
+
+
+def load_image(path: str | Path) -> Any:
+    """One image file as RGB; a file PIL cannot read is a DataError naming it (in a DataLoader
+    worker too: the run reports the file, not a traceback)."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")
+    except (OSError, ValueError, SyntaxError) as e:  # UnidentifiedImageError is an OSError
+        raise DataError(
+            f"{path}: not a readable image ({first_line(e)}); fix or remove the file"
+        ) from None
 
 
 # ---- helpers ----
@@ -244,12 +260,20 @@ def float_columns(rows: list[dict[str, str]], columns: list[str], path: str) -> 
     for i, row in enumerate(rows):
         for j, name in enumerate(columns):
             try:
-                out[i, j] = float(row[name])
+                out[i, j] = value = float(row[name])
             except (TypeError, ValueError):
                 raise DataError(
                     f"{path}: row {i + 2}, column {name!r} is {row[name]!r}, not a number; "
                     "list the numeric columns in dataset.features"
                 ) from None
+            if not math.isfinite(out[i, j]):
+                # float() takes "nan" and "inf"; one such cell makes every loss NaN, or
+                # (validation) pins best.pt at an epoch it never earned.
+                raise DataError(
+                    f"{path}: row {i + 2}, column {name!r} is {row[name]!r}"
+                    f"{' (too large for float32)' if math.isfinite(value) else ''}: inputs must "
+                    "be finite numbers; fix or drop that row"
+                )
     return out
 
 
@@ -257,9 +281,18 @@ def _encode(values: list[str], encode: Any, path: str, target: str) -> np.ndarra
     """Class indices (N,), or float targets as a column (N, 1), like every regression target."""
     try:
         encoded = np.asarray([encode(v) for v in values])
-        return encoded if encode is not float else encoded.astype(np.float32)[:, None]
     except ValueError:
         raise DataError(
             f"{path}: a value of the target column {target!r} is not in the train file's "
             "classes, or not a number for a regression target"
         ) from None
+    if encode is not float:
+        return encoded
+    targets = encoded.astype(np.float32)
+    bad = np.flatnonzero(~np.isfinite(targets))
+    if bad.size:
+        raise DataError(
+            f"{path}: row {bad[0] + 2}, column {target!r} is {values[bad[0]]!r}: targets must "
+            "be finite numbers; fix or drop that row"
+        )
+    return targets[:, None]

@@ -27,6 +27,10 @@ class DataError(TrainlabError):
     exit_code = EXIT_DATA
 
 
+class RecordWriteError(TrainlabError):
+    """A run's record could not be written (disk full, read-only); the previous one is kept."""
+
+
 class Diverged(TrainlabError):
     """The training loss became NaN or Inf."""
 

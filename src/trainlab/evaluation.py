@@ -6,6 +6,7 @@ YAML files it was trained from have changed; no flag repeats what the run alread
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import time
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from torch import Tensor, nn
 from trainlab import checkpoint, config, distributed, rundir
 from trainlab.build import build_loss, build_model
 from trainlab.data import build_data, make_batches
-from trainlab.datasets import float_columns, read_csv
+from trainlab.datasets import float_columns, load_image, read_csv
 from trainlab.errors import ConfigError, DataError, TrainlabError
 from trainlab.loop import evaluate
 from trainlab.metrics import per_label
@@ -87,22 +88,23 @@ def eval_run(run_dir: Path, which: str, split: str) -> int:
         started = time.perf_counter()
         task, precision = task_of(cfg.dataset, data), precision_of(cfg.trainer.precision, device)
         results = evaluate(run.model, batches, loss_fn, task, split, precision)
+        entry = run.entry
+        record = {
+            "split": split,
+            "checkpoint": entry["name"],
+            "step": entry.get("step"),
+            "epoch": entry.get("epoch"),
+            "metrics": results,
+            "samples": len(rows),
+            "seconds": time.perf_counter() - started,
+        }
+        label = which if which in ("best", "last") else Path(entry["name"]).stem
+        out = run_dir / "eval" / f"{split}-{label}.json"
+        with rundir.owning(run_dir):  # it writes into the run: one writer at a time
+            rundir.make_dir(out.parent, "eval")
+            rundir.write_json(out, record)
     except TrainlabError as e:
         return rundir.report(e)
-    entry = run.entry
-    record = {
-        "split": split,
-        "checkpoint": entry["name"],
-        "step": entry.get("step"),
-        "epoch": entry.get("epoch"),
-        "metrics": results,
-        "samples": len(rows),
-        "seconds": time.perf_counter() - started,
-    }
-    label = which if which in ("best", "last") else Path(entry["name"]).stem
-    out = run_dir / "eval" / f"{split}-{label}.json"
-    out.parent.mkdir(exist_ok=True)
-    rundir.write_json(out, record)
     where = f"epoch {entry.get('epoch')}, step {entry.get('step')}"
     shown = f"{which}.pt = {entry['name']}" if which in ("best", "last") else entry["name"]
     print(f"{split} split, {len(rows)} samples, {shown} ({where}):")
@@ -122,10 +124,13 @@ def predict(run_dir: Path, input_path: Path, output: Path | None, which: str) ->
     try:
         run = rebuild(run_dir, which)
         target = run.cfg.dataset._target_
+        # What the data was when the run was trained, stored then: the training files may
+        # have changed since (one appended row would shift every class name).
+        stored = rundir.read_json(run_dir / "run.json").get("data") or {}
         if target == "trainlab.datasets.csv_table":
-            names, x, labels = _read_table(run.cfg.dataset, input_path)
+            names, x = _read_table(run.cfg.dataset, input_path, stored.get("features"))
         elif target == "trainlab.datasets.image_folder":
-            names, x, labels = _read_images(run.cfg.dataset, input_path)
+            names, x = _read_images(run.cfg.dataset, input_path)
         else:
             raise ConfigError(
                 f"dataset={target}: predict reads new inputs as a CSV table (dataset=csv) or "
@@ -133,44 +138,46 @@ def predict(run_dir: Path, input_path: Path, output: Path | None, which: str) ->
             )
         with torch.no_grad():
             out = run.model(x.to(run.device)).float().cpu()
+        labels = stored.get("classes")
+        inside = output is None  # the default: RUN_DIR/predictions/, a write into the run
+        output = output or run_dir / "predictions" / f"{input_path.stem}.csv"
+        with rundir.owning(run_dir, needed=inside):
+            rundir.make_dir(output.parent, "--output")
+            text = _predictions_csv(run.cfg.dataset.task, names, out, labels)
+            rundir.write_record(output, text)
     except TrainlabError as e:
         return rundir.report(e)
-    output = output or run_dir / "predictions" / f"{input_path.stem}.csv"
-    output.parent.mkdir(parents=True, exist_ok=True)
-    _write_predictions(output, run.cfg.dataset.task, names, out, labels)
     print(f"{len(names)} predictions from {run.entry['name']} written to {output}")
     return 0
 
 
-def _read_table(dataset: DictConfig, path: Path) -> tuple[list[str], Tensor, list[str] | None]:
-    """The input columns the model was trained on, read from `path` as the training table was;
-    the target column may be absent. Class names come from the run's training table."""
+def _read_table(
+    dataset: DictConfig, path: Path, features: list[str] | None
+) -> tuple[list[str], Tensor]:
+    """The input columns the model was trained on (`features`: as stored by the run), read
+    from `path` as the training table was; the target column may be absent."""
     rows, header = read_csv(path, "--input")
-    train_rows, train_header = read_csv(Path(dataset.path), "dataset.path")
-    columns = (
-        [c for c in train_header if c != dataset.target]
-        if dataset.features is None
-        else list(dataset.features)
-    )
+    columns = list(features or dataset.features or [])
+    if not columns:
+        raise ConfigError(
+            f"{path}: the run does not record which columns it was trained on (it predates "
+            "trainlab storing them); retrain it, or one with dataset.features=[...]"
+        )
     missing = [c for c in columns if c not in header]
     if missing:
         raise DataError(
             f"--input {path}: lacks the column(s) {', '.join(missing)} the model was trained on "
             f"(dataset.features: {', '.join(columns)})"
         )
-    labels = None
-    if dataset.task == "classification":
-        labels = sorted({row[dataset.target] for row in train_rows})
     x = torch.from_numpy(float_columns(rows, columns, str(path)))
-    return [str(i) for i in range(len(rows))], x, labels
+    return [str(i) for i in range(len(rows))], x
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
-def _read_images(dataset: DictConfig, path: Path) -> tuple[list[str], Tensor, list[str] | None]:
+def _read_images(dataset: DictConfig, path: Path) -> tuple[list[str], Tensor]:
     """One image or a folder of them, through the run's evaluation transforms."""
-    from PIL import Image
     from torchvision.transforms import Compose
 
     files = (
@@ -182,18 +189,14 @@ def _read_images(dataset: DictConfig, path: Path) -> tuple[list[str], Tensor, li
         raise DataError(f"--input {path}: no image files there ({', '.join(IMAGE_SUFFIXES)})")
     steps = instantiate(OmegaConf.to_container(dataset.transforms, resolve=True))
     transform = Compose(steps)
-    x = torch.stack([transform(Image.open(p).convert("RGB")) for p in files])
-    train_dir = Path(dataset.train_dir)
-    labels = (
-        sorted(p.name for p in train_dir.iterdir() if p.is_dir()) if train_dir.is_dir() else None
-    )
-    return [str(p) for p in files], x, labels
+    x = torch.stack([transform(load_image(p)) for p in files])
+    return [str(p) for p in files], x
 
 
-def _write_predictions(
-    output: Path, task: str, names: list[str], out: Tensor, labels: list[str] | None
-) -> None:
-    with output.open("w", newline="") as f:
+def _predictions_csv(task: str, names: list[str], out: Tensor, labels: list[str] | None) -> str:
+    """The predictions as CSV text: a class and its probabilities per input (classification,
+    named by the run's stored class names), or the raw outputs."""
+    with io.StringIO(newline="") as f:
         writer = csv.writer(f)
         if task == "classification":
             probs = out.softmax(-1)
@@ -206,3 +209,4 @@ def _write_predictions(
             writer.writerow(["input", *(f"output_{i}" for i in range(out.shape[1]))])
             for name, row in zip(names, out.tolist(), strict=True):
                 writer.writerow([name, *(f"{v:.6g}" for v in row)])
+        return f.getvalue()

@@ -48,6 +48,11 @@ def explain(conf_dir: Path, overrides: list[str]) -> str | None:
     return None
 
 
+def first_values(parsed: list) -> list[str]:
+    """The overrides with each sweep replaced by its first value: one job's command line."""
+    return [_first(o) for o in parsed]
+
+
 def _first(override) -> str:
     if not override.is_sweep_override():
         return override.input_line

@@ -13,7 +13,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from trainlab import config, rundir
+from trainlab import rundir, targets
 from trainlab.build import build_model
 from trainlab.errors import ConfigError, TrainlabError
 from trainlab.evaluation import Rebuilt, rebuild
@@ -28,37 +28,45 @@ FILES = {
 def export(run_dir: Path, fmt: str, which: str, out_dir: Path | None) -> int:
     try:
         run = rebuild(run_dir, which)
-        out_dir = out_dir or run_dir / "export"
-        out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / FILES[fmt]
-        model = run.model.cpu()
-        if fmt == "safetensors":
-            from safetensors.torch import save_model
-
-            save_model(model, str(path), metadata={"checkpoint": run.entry["name"]})
-            # What load_model() rebuilds the model from: the run's config, resolved.
-            OmegaConf.save(run.cfg, out_dir / "config.yaml", resolve=True)
-        elif fmt == "torchscript":
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # torch marks jit deprecated; the file still loads
-                torch.jit.trace(model, example_input(run), strict=False).save(str(path))
-        else:
-            _export_onnx(run, model, path)
+        with rundir.owning(run_dir, needed=out_dir is None):  # one writer in the run at a time
+            path = _export(run, fmt, out_dir or run_dir / "export")
     except TrainlabError as e:
         return rundir.report(e)
     print(f"{fmt}: {path} (weights of {run.entry['name']}, step {run.entry.get('step')})")
     if fmt == "safetensors":
-        print(f"load it with: trainlab.export.load_model('{out_dir / 'config.yaml'}', '{path}')")
+        config_yaml = path.parent / "config.yaml"
+        print(f"load it with: trainlab.export.load_model('{config_yaml}', '{path}')")
     return 0
 
 
+def _export(run: Rebuilt, fmt: str, out_dir: Path) -> Path:
+    """Write the export; returns the file written."""
+    rundir.make_dir(out_dir, "--output")
+    path = out_dir / FILES[fmt]
+    model = run.model.cpu()
+    if fmt == "safetensors":
+        from safetensors.torch import save_model
+
+        save_model(model, str(path), metadata={"checkpoint": run.entry["name"]})
+        # What load_model() rebuilds the model from: the run's config, resolved.
+        rundir.write_record(out_dir / "config.yaml", OmegaConf.to_yaml(run.cfg, resolve=True))
+    elif fmt == "torchscript":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch marks jit deprecated; the file still loads
+            torch.jit.trace(model, example_input(run), strict=False).save(str(path))
+    else:
+        _export_onnx(run, model, path)
+    return path
+
+
 def load_model(config_yaml: str | Path, weights: str | Path) -> nn.Module:
-    """The model an export describes: built from `config_yaml`'s model node (its _target_ is
-    checked against the allowlist first), weights from `weights` (safetensors), in eval mode."""
+    """The model an export describes: built from `config_yaml`'s model node (every target in
+    the file is checked first, see targets.py), weights from `weights` (safetensors), in eval
+    mode."""
     from safetensors.torch import load_model as load_weights
 
     cfg = OmegaConf.load(config_yaml)
-    config.check_targets(cfg.model, "model")
+    targets.check(cfg)  # every node: the file may come from someone else
     model = build_model(cfg.model)
     load_weights(model, str(weights))
     return model.eval()

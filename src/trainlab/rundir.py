@@ -1,18 +1,26 @@
-"""The run folder: claimed exclusively before a run writes to it, and the small JSON records
-in it (run.json, status.json, metrics.json). Also the Hydra callback that checks the config
-and claims the folder before Hydra creates it. No torch import.
+"""The run folder: claimed exclusively before a run writes to it, owned by one process at a
+time (an advisory lock), and the small records in it (config.yaml, run.json, status.json,
+metrics.json), each written atomically. Also the Hydra callback that checks the config and
+claims the folder before Hydra creates it. No torch import.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import fnmatch
 import importlib.metadata
 import json
 import os
 import platform
+import re
 import socket
 import subprocess
 import sys
 import tempfile
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -22,7 +30,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, open_dict, read_write
 
 from trainlab import config
-from trainlab.errors import ConfigError, TrainlabError
+from trainlab.errors import ConfigError, RecordWriteError, TrainlabError, first_line
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,29 +47,159 @@ _UMASK = _read_umask()
 _made_parents: dict[Path, list[Path]] = {}
 
 
-def claim(path: Path) -> Path:
-    """Create `path` exclusively; if it exists (same stamp, another process), add -1, -2 ..."""
+def claim(path: Path, key: str = "paths.output_dir") -> Path:
+    """Create `path` exclusively; if it exists (same stamp, another process), add -1, -2 ...
+    `key` is the config key to name when the folder cannot be made at all."""
     missing = [p for p in path.absolute().parents if not p.exists()]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for i in range(1000):
-        candidate = path if i == 0 else path.with_name(f"{path.name}-{i}")
-        try:
-            candidate.mkdir()
-        except FileExistsError:
-            continue
-        _made_parents[candidate.absolute()] = missing  # nearest first
-        return candidate
-    raise RuntimeError(f"could not create a new folder next to {path}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for i in range(1000):
+            candidate = path if i == 0 else path.with_name(f"{path.name}-{i}")
+            try:
+                candidate.mkdir()
+            except FileExistsError:
+                continue
+            _made_parents[candidate.absolute()] = missing  # nearest first
+            return candidate
+    except OSError as e:
+        raise ConfigError(
+            f"{key}: cannot create {path} ({_why(e)}); pick a folder you can write to"
+        ) from None
+    raise ConfigError(f"{key}: could not create a new folder next to {path}")
+
+
+def make_dir(path: Path, key: str) -> None:
+    """mkdir -p, with a failure as one line naming the config key."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(
+            f"{key}={path}: cannot create it ({_why(e)}); pick a folder you can write to"
+        ) from None
+
+
+def _why(error: OSError) -> str:
+    if isinstance(error, FileExistsError) or error.errno == errno.ENOTDIR:
+        return "a file is in the way: a part of that path is not a folder"
+    full = " (disk full?)" if error.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) else ""
+    return f"{error.strerror or error}{full}"
+
+
+# ---- one owner per run folder ----
+#
+# A writer takes an exclusive flock on LOCK_FILE for as long as it writes there; the kernel
+# drops it when the process dies (kill -9 included), so a stale lock never blocks. The file's
+# text (pid, host, since, command) is only there to name the holder in the refusal.
+
+LOCK_FILE = ".trainlab.lock"
+_held: dict[Path, int] = {}  # run folder -> the open lock file (this process holds it)
+
+
+class FolderInUse(ConfigError):
+    """Another process owns the run folder."""
+
+
+def own(run_dir: Path, argv: list[str] | None = None) -> None:
+    """Take the run folder's lock, or raise FolderInUse naming the holder. A no-op when this
+    process holds it already (a callback took it before the task ran)."""
+    key = run_dir.absolute()
+    if key in _held:
+        return
+    path = run_dir / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666 & ~_UMASK)
+    except OSError as e:
+        raise ConfigError(f"{run_dir}: cannot open {LOCK_FILE} there ({_why(e)})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        holder = _holder(fd)
+        os.close(fd)
+        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise ConfigError(
+                f"{run_dir}: cannot lock {LOCK_FILE} ({_why(e)}); the folder must be on a "
+                "filesystem with flock (see README, Troubleshooting)"
+            ) from None
+        raise FolderInUse(
+            f"{run_dir}: in use by {holder}; one process writes a run folder at a time: wait "
+            "for it to finish, or stop it (it checkpoints on SIGTERM)"
+        ) from None
+    text = json.dumps(
+        {"pid": os.getpid(), "host": socket.gethostname(), "since": now(),
+         "argv": list(sys.argv if argv is None else argv)}
+    )  # fmt: skip
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, text.encode(), 0)
+    _held[key] = fd
+
+
+@contextmanager
+def owning(run_dir: Path, needed: bool = True) -> Iterator[None]:
+    """Hold the run folder's lock for the duration (when `needed`: a verb writing into it)."""
+    mine = needed and run_dir.absolute() not in _held
+    if mine:
+        own(run_dir)
+    try:
+        yield
+    finally:
+        if mine:
+            disown(run_dir)
+
+
+def disown(run_dir: Path) -> None:
+    """Let the folder go (the kernel does the same when the process ends)."""
+    fd = _held.pop(run_dir.absolute(), None)
+    if fd is not None:
+        os.close(fd)
+
+
+def forget_locks() -> None:
+    """In a forked child: close the inherited lock files without unlocking (the parent keeps
+    its lock; the child no longer keeps it alive after the parent is gone)."""
+    for fd in _held.values():
+        os.close(fd)
+    _held.clear()
+
+
+def in_use(run_dir: Path) -> bool:
+    """True while some process (this one too) holds the folder's lock."""
+    if run_dir.absolute() in _held:
+        return True
+    try:
+        fd = os.open(run_dir / LOCK_FILE, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def _holder(fd: int) -> str:
+    try:
+        info = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        return (
+            f"pid {info['pid']} on {info['host']} since {info['since']} ({' '.join(info['argv'])})"
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process (its details are unreadable)"
 
 
 def release(run_dir: Path) -> None:
-    """Undo claim() when a run is rejected before writing anything: only Hydra's .hydra/ inside."""
+    """Undo claim() when a run is rejected before writing anything: only Hydra's .hydra/ (and
+    this process's lock) inside."""
     entries = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else {"?"}
-    if entries <= {".hydra"}:
+    mine = LOCK_FILE not in entries or run_dir.absolute() in _held
+    if entries <= {".hydra", LOCK_FILE} and mine:
         for p in (run_dir / ".hydra").glob("*"):
             p.unlink()
         if (run_dir / ".hydra").exists():
             (run_dir / ".hydra").rmdir()
+        disown(run_dir)
+        (run_dir / LOCK_FILE).unlink(missing_ok=True)
         run_dir.rmdir()
         # Folders claim() made for it (outputs/runs/ on a first run) go too, if still empty.
         for parent in _made_parents.pop(run_dir.absolute(), []):
@@ -107,12 +245,50 @@ def write_atomic(path: Path, payload: bytes, sync_folder: bool = True) -> None:
         os.close(dir_fd)
 
 
+def write_record(path: Path, text: str) -> None:
+    """A run's record (config.yaml, run.json, status.json, ...), written atomically; a failure
+    (disk full, read-only) is one line and the previous version stays."""
+    try:
+        write_atomic(path, text.encode())
+    except OSError as e:
+        raise RecordWriteError(
+            f"could not write {path} ({_why(e)}); its previous version is kept"
+        ) from None
+
+
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    write_atomic(path, (json.dumps(data, indent=2) + "\n").encode())
+    write_record(path, json.dumps(data, indent=2) + "\n")
 
 
 def read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text())
+    """A JSON record; a damaged one is a one-line error naming it."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(
+            f"{path}: unreadable ({first_line(e)}); the record is damaged: restore it from a "
+            "backup, or move the file away"
+        ) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: not a trainlab record (a JSON object was expected)")
+    return data
+
+
+# Temp files of trainlab's atomic writes: .<final name>.<random or pid>.tmp
+_TEMP = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]+\.tmp$")
+RECORDS = ("config.yaml", "run.json", "status.json", "metrics.json", "summary.csv", "summary.md")
+
+
+def sweep_temp_files(folder: Path, names: tuple[str, ...]) -> list[Path]:
+    """Remove the temp files an interrupted atomic write of one of `names` (glob patterns of
+    the final file's name) left; any other file, a user's `.x.tmp` too, stays."""
+    stale = []
+    for path in sorted(folder.glob(".*.tmp")) if folder.is_dir() else []:
+        found = _TEMP.match(path.name)
+        if found and any(fnmatch.fnmatchcase(found["name"], n) for n in names):
+            path.unlink(missing_ok=True)
+            stale.append(path)
+    return stale
 
 
 def now() -> str:
@@ -125,6 +301,14 @@ def write_status(run_dir: Path, status: str, reason: str | None = None) -> None:
     if reason:
         record["reason"] = reason
     write_json(run_dir / "status.json", record)
+
+
+def status_of(run_dir: Path) -> dict[str, Any]:
+    """status.json's record ({} if there is none, or it is damaged: it is rewritten anyway)."""
+    try:
+        return read_json(run_dir / "status.json") if (run_dir / "status.json").is_file() else {}
+    except ConfigError:
+        return {}
 
 
 def git_state() -> dict[str, Any]:
@@ -178,7 +362,15 @@ class RunFolderCallback(Callback):
     error exits 2 here, before any folder exists.
     """
 
+    # Hydra turns an exception in a callback into a warning and goes on: a check that fails
+    # must end the launch here, or the run would go ahead unchecked.
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _or_exit(self._on_run_start, config)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _or_exit(self._on_multirun_start, config)
+
+    def _on_run_start(self, config: DictConfig) -> None:
         from trainlab.distributed import launched_world  # torch: only when a run starts
 
         HydraConfig.instance().set_config(config)  # run_job sets it too, after this callback
@@ -192,20 +384,36 @@ class RunFolderCallback(Callback):
             return
         with read_write(config.hydra.run):
             requested = Path(config.hydra.run.dir)
-            if _set_by_user(config, "hydra.run.dir"):
-                if requested.exists() and any(requested.iterdir()):
-                    if config.trainer.resume != "auto":
+            try:
+                if _set_by_user(config, "hydra.run.dir"):
+                    # Made if needed, then locked, and only then looked into: two launches
+                    # naming one folder cannot both find it empty (no check-then-act).
+                    make_dir(requested, "hydra.run.dir")
+                    own(requested)
+                    if holds_files(requested) and config.trainer.resume != "auto":
+                        disown(requested)
                         _exit_config_error(
                             f"hydra.run.dir={requested}: that folder holds a run already and a "
                             f"run never overwrites another; pick a new folder, `trainlab resume "
                             f"{requested}`, or trainer.resume=auto"
                         )
-                    archive_hydra_record(requested)
-                requested.mkdir(parents=True, exist_ok=True)
-            else:
-                config.hydra.run.dir = str(claim(requested))
+                    if holds_files(requested):
+                        from trainlab.train import check_continuable
 
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+                        try:
+                            check_continuable(config, requested)
+                        except ConfigError:
+                            disown(requested)
+                            raise
+                    archive_hydra_record(requested)
+                else:
+                    run_dir = claim(requested)
+                    own(run_dir)
+                    config.hydra.run.dir = str(run_dir)
+            except ConfigError as e:
+                _exit_config_error(str(e))
+
+    def _on_multirun_start(self, config: DictConfig) -> None:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             _exit_config_error(
                 "-m under torchrun: every process would run the whole sweep. Run one torchrun "
@@ -222,6 +430,23 @@ class RunFolderCallback(Callback):
             config.hydra.sweep.dir = str(sweep_dir)
             # Each job re-composes its config from the overrides; this one makes it use our folder.
             config.hydra.overrides.hydra.append(f"hydra.sweep.dir={sweep_dir}")
+
+
+def _or_exit(hook: Any, config: DictConfig) -> None:
+    try:
+        hook(config)
+    except SystemExit:
+        raise
+    except ConfigError as e:
+        _exit_config_error(str(e))
+    except Exception:
+        traceback.print_exc()
+        raise SystemExit(1) from None
+
+
+def holds_files(run_dir: Path) -> bool:
+    """Whether the folder holds anything besides its lock file."""
+    return any(p.name != LOCK_FILE for p in run_dir.iterdir())
 
 
 def _set_by_user(config: DictConfig, key: str) -> bool:
@@ -242,5 +467,14 @@ def _exit_config_error(message: str) -> None:
 
 def report(error: TrainlabError) -> int:
     """Print a user error as one line and return its exit code."""
-    print(f"error: {error}", file=sys.stderr)
+    print(f"error: {message_of(error)}", file=sys.stderr)
     return error.exit_code
+
+
+def message_of(error: BaseException) -> str:
+    """The error's own message. A DataLoader worker's error comes back as the same class with
+    the worker's whole traceback as its text: its last line is the message."""
+    text = str(error)
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        return text.rstrip().splitlines()[-1].partition(": ")[2] or text
+    return text

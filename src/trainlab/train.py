@@ -65,10 +65,7 @@ def hydra_task(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    # paths.* are relative to the launch folder; config.yaml must say the same thing to a
-    # `trainlab resume` started anywhere else.
-    for key in cfg.paths:
-        cfg.paths[key] = str(Path(cfg.paths[key]).resolve())
+    absolute_paths(cfg)
     parallel = _parallel_jobs(hydra_cfg.launcher)
     if cfg.trainer.num_threads is None and parallel > 1:
         # Jobs running side by side share the cores instead of each taking all of them.
@@ -82,25 +79,20 @@ def hydra_task(cfg: DictConfig) -> float:
     try:
         if distributed.launched_world().distributed:
             run_dir = _join_world(cfg, run_dir, release=not multirun)
-        resume = None
-        if cfg.trainer.resume == "auto" and checkpoint.has_checkpoint(run_dir / "checkpoints"):
-            # A requeued job: continue this folder's run; the command line may only change
-            # what a `trainlab resume` may change.
-            found = config.changes(config.load_run_config(run_dir), cfg)
-            config.check_resume_changes(found, allowed=[])
-            resume = Resume(found)
-        elif multirun and (run_dir / "config.yaml").is_file() and cfg.trainer.resume != "auto":
-            raise ConfigError(
-                f"{run_dir}: this job's folder holds a run already and a run never overwrites "
-                "another; use a new hydra.sweep.dir, or trainer.resume=auto to continue it"
-            )
+        if multirun:
+            # The sweep checked what its jobs share; this job's own values are checked here.
+            config.check(cfg)
+        if distributed.launched_world().main:
+            rundir.own(run_dir)  # a single run's callback took it already; a sweep job's here
+        resume = _continuing(cfg, run_dir, multirun)
         results = run(cfg, run_dir, launch=launch, resume=resume, multirun=multirun)
     except TrainlabError as e:
         if not multirun:
             raise SystemExit(rundir.report(e)) from None
-        if distributed.launched_world().main and not (run_dir / "status.json").is_file():
-            rundir.write_status(run_dir, "failed", str(e))
-        print(f"error: job {run_dir.name}: {e}", file=sys.stderr)
+        ours = not isinstance(e, rundir.FolderInUse)  # another process's folder: touch nothing
+        if ours and distributed.launched_world().main and not (run_dir / "status.json").is_file():
+            _record_status(run_dir, "failed", rundir.message_of(e))
+        print(f"error: job {run_dir.name}: {rundir.message_of(e)}", file=sys.stderr)
         return math.nan
     except Exception:
         if not multirun:
@@ -108,8 +100,28 @@ def hydra_task(cfg: DictConfig) -> float:
         traceback.print_exc()  # an internal error: the whole story, but the sweep goes on
         return math.nan
     finally:
+        rundir.disown(run_dir)
         distributed.teardown()
     return results["best"].get(cfg.trainer.monitor, math.nan)
+
+
+def absolute_paths(cfg: DictConfig) -> None:
+    """paths.* are relative to the launch folder; config.yaml must say the same thing to a
+    `trainlab resume` started anywhere else."""
+    for key in cfg.paths:
+        cfg.paths[key] = str(Path(cfg.paths[key]).resolve())
+
+
+def check_continuable(cfg: DictConfig, run_dir: Path) -> None:
+    """For the Hydra callback, before Hydra writes this launch's .hydra/ into a used folder
+    with trainer.resume=auto: refuse now what the task would refuse, so a refused launch
+    touches nothing there. `cfg` is the whole config (hydra included); it is not changed."""
+    task = OmegaConf.create({
+        k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+        for k, v in ((k, cfg[k]) for k in cfg if k != "hydra")
+    })  # fmt: skip
+    absolute_paths(task)
+    _continuing(task, run_dir, multirun=False)
 
 
 def _join_world(cfg: DictConfig, run_dir: Path, release: bool) -> Path:
@@ -122,6 +134,82 @@ def _join_world(cfg: DictConfig, run_dir: Path, release: bool) -> Path:
             rundir.release(run_dir)
         raise
     return Path(distributed.broadcast_object(str(run_dir)))
+
+
+def _continuing(cfg: DictConfig, run_dir: Path, multirun: bool) -> Resume | None:
+    """What a job does in a folder that is not new: with trainer.resume=auto it continues the
+    trainlab run there (the command line may only change what `trainlab resume` may), or
+    starts it over in place if it stopped before its first checkpoint; anything else in the
+    folder is refused. None: train from the start."""
+    if not _holds_run(run_dir):
+        return None
+    if cfg.trainer.resume != "auto":
+        raise ConfigError(
+            f"{run_dir}: this job's folder holds a run already and a run never overwrites "
+            "another; use a new hydra.sweep.dir, or trainer.resume=auto to continue it"
+        )
+    if not (run_dir / "config.yaml").is_file():
+        found = sorted(p.name for p in run_dir.iterdir() if p.name not in OURS_BEFORE_CONFIG)
+        raise ConfigError(
+            f"trainer.resume=auto: {run_dir} holds files that are not a trainlab run "
+            f"({', '.join(found[:5])}); it continues only a folder a trainlab run wrote. Pick "
+            "another hydra.run.dir"
+        )
+    return continuation(run_dir, cfg, allow=[])
+
+
+# What a run folder holds before its config.yaml: Hydra's record and the lock.
+OURS_BEFORE_CONFIG = (".hydra", rundir.LOCK_FILE)
+
+
+def _holds_run(run_dir: Path) -> bool:
+    return any(p.name not in OURS_BEFORE_CONFIG for p in run_dir.iterdir())
+
+
+def continuation(run_dir: Path, cfg: DictConfig, allow: list[str]) -> Resume | None:
+    """How `cfg` continues the run stored in `run_dir`: a Resume from its newest checkpoint, or
+    None to start it over in place when it stopped before its first checkpoint (exact: nothing
+    was trained). Refused: a config that changes what the run trains, and starting over a run
+    that has results or checkpoint files its manifest does not list."""
+    stored = config.load_run_config(run_dir)
+    found = config.changes(stored, cfg)
+    config.check_resume_changes(found, allow)
+    _check_length_key(stored, cfg)
+    ckpt_dir = run_dir / "checkpoints"
+    if checkpoint.has_checkpoint(ckpt_dir):
+        return Resume(found, allow)
+    if (run_dir / "metrics.json").is_file() or rundir.status_of(run_dir).get("status") == (
+        "completed"
+    ):
+        raise ConfigError(
+            f"{run_dir}: holds a finished run's results, but checkpoints/{checkpoint.MANIFEST} "
+            "lists no checkpoint; it is not started over in place. Restore the manifest from a "
+            "backup, or train a new run"
+        )
+    # A kill during the first save leaves one step file the manifest never committed; more
+    # than one means a run that saved before and lost its manifest: not started over.
+    stray = sorted(p.name for p in ckpt_dir.glob("step_*.pt")) if ckpt_dir.is_dir() else []
+    if len(stray) > 1:
+        raise ConfigError(
+            f"{run_dir}: checkpoints/ holds {', '.join(stray[:3])} but "
+            f"{checkpoint.MANIFEST} lists none of them, so none can be verified; it is not "
+            "started over in place. Restore the manifest from a backup, or train a new run"
+        )
+    log.info(f"{run_dir}: no checkpoint yet (it stopped before its first save): starting over")
+    return None
+
+
+def _check_length_key(stored: DictConfig, cfg: DictConfig) -> None:
+    """trainer.max_epochs does nothing while trainer.max_steps bounds the run: say which key
+    would extend it instead of training nothing."""
+    old, new = stored.trainer, cfg.trainer
+    bounded = new.max_steps is not None and new.max_steps == old.max_steps
+    if bounded and new.max_epochs != old.max_epochs:
+        raise ConfigError(
+            f"trainer.max_epochs={new.max_epochs}: has no effect, the run is bounded by "
+            f"trainer.max_steps={new.max_steps}; extend it with trainer.max_steps=<more>, or "
+            "count epochs again with trainer.max_steps=null"
+        )
 
 
 def _parallel_jobs(launcher: DictConfig) -> int:
@@ -143,15 +231,17 @@ def resume(run_dir: Path, overrides: list[str], allow: list[str], argv: list[str
         found = config.changes(stored, cfg)
         config.check_resume_changes(found, allow)
         _check_world(cfg, run_dir)
-        status_file = run_dir / "status.json"
-        status = rundir.read_json(status_file) if status_file.is_file() else {}
-        if status.get("status") == "completed" and not found:
+        if distributed.launched_world().main:
+            rundir.own(run_dir, argv)
+        if rundir.status_of(run_dir).get("status") == "completed" and not found:
             print(f"{run_dir}: the run completed already; nothing to resume")
             return 0
-        run(cfg, run_dir, launch=None, resume=Resume(found, allow), argv=argv)
+        with graceful_stop():
+            run(cfg, run_dir, launch=None, resume=continuation(run_dir, cfg, allow), argv=argv)
     except TrainlabError as e:
         return rundir.report(e)
     finally:
+        rundir.disown(run_dir)
         distributed.teardown()
     return 0
 
@@ -182,14 +272,20 @@ def run(
     argv: list[str] | None = None,
 ) -> dict[str, Any]:
     """Train, test and record one run in `run_dir`; returns what metrics.json holds. Under
-    torchrun every rank runs this; rank 0 alone writes the folder."""
+    torchrun every rank runs this; rank 0 alone writes the folder, and holds its lock."""
     argv = list(sys.argv if argv is None else argv)
     ckpt_dir = run_dir / "checkpoints"
-    # A folder with a run in it but no checkpoint (trainer.resume=auto after an early crash)
-    # starts over in place.
+    # A folder with a run in it but no checkpoint (stopped before its first save) starts over
+    # in place.
     in_place = resume is None and (run_dir / "config.yaml").is_file()
     rank = distributed.launched_world().rank
-    with metrics.console_and_log_file(run_dir / "train.log", rank) as start_log_file:
+    if rank == 0:
+        rundir.own(run_dir, argv)
+    # The handlers stay from start-up to the end (nested in the CLI's, if it installed them).
+    with (
+        graceful_stop() as stop,
+        metrics.console_and_log_file(run_dir / "train.log", rank) as start_log_file,
+    ):
         # ---- setup: build everything; nothing is written yet ----
         try:
             _setup_torch(cfg.trainer)
@@ -207,6 +303,10 @@ def run(
                 None,
             )
             notes = []
+            # Read before anything is written: a damaged run.json is refused, not replaced.
+            earlier = rundir.read_json(run_dir / "run.json") if world.main and (
+                run_dir / "run.json"
+            ).is_file() else None  # fmt: skip
             if resume is not None:
                 if world.main:
                     checkpoint.sweep_temp_files(ckpt_dir)
@@ -218,11 +318,13 @@ def run(
                 _apply_optimizer_changes(parts, resume.changes)
                 rng, state.partial_sums = _rank_state(saved, world)
                 resumed_from = entry
-        except TrainlabError as e:
+        except (TrainlabError, KeyboardInterrupt) as e:
             if rank == 0 and multirun:
-                rundir.write_status(run_dir, "failed", str(e))
+                _record_status(run_dir, "failed", str(e))
             elif rank == 0 and resume is None and not in_place:
                 rundir.release(run_dir)  # leave no trace of a rejected run
+            if isinstance(e, KeyboardInterrupt):  # Ctrl-C twice in start-up: nothing written
+                raise SystemExit(128 + signal.SIGINT) from None
             raise
 
         def status(*args: str) -> None:
@@ -230,26 +332,18 @@ def run(
                 rundir.write_status(run_dir, *args)
 
         # ---- the run is accepted: from here on rank 0 writes its folder ----
-        if world.main:
-            checkpoint.sweep_temp_files(run_dir)
-            checkpoint.sweep_temp_files(ckpt_dir)
-            if resume is not None:
-                record = rundir.read_json(run_dir / "run.json")
-                attempt = rundir.launch_record(argv) | {"resumed_from": resumed_from["name"]}
-                if resume.changes:
-                    attempt["changed"] = {k: list(v) for k, v in resume.changes.items()}
-                    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-                if notes:
-                    attempt["notes"] = notes
-                record["attempts"].append(attempt)
+        try:
+            if world.main:
+                record = _write_records(cfg, run_dir, launch, resume, earlier, resumed_from,
+                                        notes, argv, environment, data)  # fmt: skip
             else:
-                OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-                record = rundir.run_record(cfg.name, cfg.seed, launch or {}, environment, argv)
-            rundir.write_json(run_dir / "run.json", record)
-        else:
-            record = {"choices": (launch or {}).get("choices", {}), "overrides": []}
-        start_log_file()
-        status("running")
+                record = {"choices": (launch or {}).get("choices", {}), "overrides": []}
+            start_log_file()
+            status("running")
+        except TrainlabError as e:  # a record could not be written (disk full, read-only)
+            if world.main:
+                _record_status(run_dir, "failed", str(e))
+            raise
         log.info(f"run folder: {run_dir}")
         for note in notes:
             log.warning(note)
@@ -265,6 +359,9 @@ def run(
         purge = state.step + 1 if resume is not None else (0 if in_place else None)
         writer = metrics.open_writer(run_dir / "tb", purge, world.main)
         try:
+            # A signal during start-up: the run is recorded (config, run.json) but nothing
+            # was trained; `trainlab resume` starts it over in place.
+            stop.check(saved=resumed_from is not None)
             if resume is None and world.main:
                 metrics.log_config(writer, cfg)
                 _log_inputs(cfg, parts, writer)
@@ -273,35 +370,92 @@ def run(
             max_epochs = cfg.trainer.max_epochs if cfg.trainer.max_steps is None else None
             mode = cfg.trainer.progress if world.main else "none"
             progress = Progress(mode, max_epochs, steps_per_epoch)
-            with graceful_stop() as stop:
-                if rng is not None:
-                    checkpoint.restore_rng(rng)  # the last thing before training continues
-                # Plain dataclasses, not DictConfig: the loop reads these every step, and an
-                # OmegaConf attribute costs tens of microseconds.
-                trainer = OmegaConf.to_object(cfg.trainer)
-                state = fit(trainer, parts, state, writer, ckpt, stop, progress)
-            results = _test_and_record(cfg, run_dir, parts, data, state, record, writer, world)
+            if rng is not None:
+                checkpoint.restore_rng(rng)  # the last thing before training continues
+            # Plain dataclasses, not DictConfig: the loop reads these every step, and an
+            # OmegaConf attribute costs tens of microseconds.
+            trainer = OmegaConf.to_object(cfg.trainer)
+            state = fit(trainer, parts, state, writer, ckpt, stop, progress)
+            results = _test(cfg, run_dir, parts, data, state, world)
+            # A signal during the test: the last checkpoint is the final one, so a resume
+            # trains nothing and tests again.
+            stop.check()
+            _record_results(cfg, run_dir, results, record, writer, state, world)
             status("completed")
         except Interrupted as e:
-            status("interrupted", signal.Signals(e.signum).name)
-            log.info(f"{e}; continue with: trainlab resume {run_dir}")
+            _record_status(run_dir, "interrupted", signal.Signals(e.signum).name, world.main)
+            how = "starts it over" if not checkpoint.has_checkpoint(ckpt_dir) else "continues"
+            log.info(f"{e}; `trainlab resume {run_dir}` {how}")
             writer.close()
             e.hand_on()  # on a SLURM job: submitit requeues it
             raise SystemExit(e.exit_code) from None
         except Diverged as e:
-            status("diverged", str(e))
+            _record_status(run_dir, "diverged", str(e), world.main)
             raise
         except KeyboardInterrupt:
-            status("interrupted", "SIGINT (no checkpoint: stopped at once)")
+            why = "SIGINT (no checkpoint: stopped at once)"
+            _record_status(run_dir, "interrupted", why, world.main)
             log.info(f"interrupted; continue from the last checkpoint: trainlab resume {run_dir}")
             raise SystemExit(128 + signal.SIGINT) from None
         except BaseException as e:
-            status("failed", f"{e.__class__.__name__}: {first_line(e)}")
+            why = rundir.message_of(e) if isinstance(e, TrainlabError) else first_line(e)
+            if not isinstance(e, TrainlabError):
+                why = f"{e.__class__.__name__}: {why}"
+            _record_status(run_dir, "failed", why, world.main)
             raise
         finally:
             writer.close()
+            if rank == 0:
+                rundir.disown(run_dir)
         _print_summary(run_dir, results, world)
         return results
+
+
+def _record_status(run_dir: Path, status: str, reason: str, main: bool = True) -> None:
+    """status.json on the way out; if even that cannot be written (disk full), say so."""
+    if not main:
+        return
+    try:
+        rundir.write_status(run_dir, status, reason)
+    except TrainlabError as e:
+        log.error(f"{e}; the run ended {status} ({reason})")
+
+
+def _write_records(
+    cfg: DictConfig,
+    run_dir: Path,
+    launch: dict[str, Any] | None,
+    resume: Resume | None,
+    earlier: dict[str, Any] | None,
+    resumed_from: dict[str, Any] | None,
+    notes: list[str],
+    argv: list[str],
+    environment: dict[str, Any],
+    data: Data,
+) -> dict[str, Any]:
+    """config.yaml (new, or changed by a resume) and run.json (new, or one more attempt)."""
+    checkpoint.sweep_temp_files(run_dir / "checkpoints")
+    rundir.sweep_temp_files(run_dir, rundir.RECORDS)
+    if resume is None or resume.changes:
+        rundir.write_record(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    if earlier is None:
+        record = rundir.run_record(cfg.name, cfg.seed, launch or {}, environment, argv)
+        # What predict names the outputs by and feeds the model, as trained (DESIGN 9).
+        record["data"] = {"classes": data.classes, "features": data.features}
+    else:
+        record = earlier
+        attempt = rundir.launch_record(argv)
+        if resumed_from is not None:
+            attempt["resumed_from"] = resumed_from["name"]
+        else:
+            attempt["started_over"] = "no checkpoint yet: trained from the start, in place"
+        if resume is not None and resume.changes:
+            attempt["changed"] = {k: list(v) for k, v in resume.changes.items()}
+        if notes:
+            attempt["notes"] = notes
+        record["attempts"].append(attempt)
+    rundir.write_json(run_dir / "run.json", record)
+    return record
 
 
 def _log_inputs(cfg: DictConfig, parts: Parts, writer: Any) -> None:
@@ -525,23 +679,22 @@ def _environment(cfg: DictConfig, device: torch.device, world: distributed.World
     }
 
 
-def _test_and_record(
+def _test(
     cfg: DictConfig,
     run_dir: Path,
     parts: Parts,
     data: Data,
     state: LoopState,
-    record: dict[str, Any],
-    writer: Any,
     world: distributed.World,
 ) -> dict[str, Any]:
-    """Test the best checkpoint once, then write metrics.json and the hparams. Under DDP rank
-    0 reads best.pt and hands its weights to the others (no shared disk needed), the ranks
-    test a share of the batches each, and the sums are added up."""
+    """Test the best checkpoint that exists, once; returns what metrics.json will hold. Under
+    DDP rank 0 reads best.pt and hands its weights to the others (no shared disk needed), the
+    ranks test a share of the batches each, and the sums are added up."""
     best = None
     if world.main:
-        best = checkpoint.load(run_dir / "checkpoints" / "best.pt", map_location="cpu")["model"]
-    checkpoint.unwrap(parts.model).load_state_dict(distributed.broadcast_object(best))
+        best = _best_checkpoint(run_dir / "checkpoints", state)
+    best_step, weights = distributed.broadcast_object(best)
+    checkpoint.unwrap(parts.model).load_state_dict(weights)
     workers = cfg.dataset.get("num_workers", 0)
     device = parts.train.device
     memory_format = torch.channels_last if cfg.trainer.channels_last else torch.contiguous_format
@@ -561,9 +714,11 @@ def _test_and_record(
             model, test_batches, parts.loss_fn, parts.task, "test", parts.precision, counts
         )
     confusion = None if counts is None else distributed.all_reduce_(counts).cpu().tolist()
-    best_record = next(r for r in state.history if r["step"] == state.best_step)
+    # The record of the checkpoint that was tested: the best validation, unless its save
+    # failed (trainer.checkpoint.on_error=continue); then the newest best that was written.
+    best_record = next(r for r in state.history if r["step"] == best_step)
     validated = [r for r in state.history if any(k.startswith("val/") for k in r)]
-    results = {
+    return {
         "monitor": cfg.trainer.monitor,
         "mode": config.monitor_mode(cfg.trainer),
         "best": best_record,
@@ -577,19 +732,52 @@ def _test_and_record(
         "wall_s": time.perf_counter() - trainlab.STARTED,
         "test_confusion_matrix": confusion,
     }
+
+
+def _best_checkpoint(ckpt_dir: Path, state: LoopState) -> tuple[int, dict[str, Any]]:
+    """(step, model weights) of best.pt as the manifest commits it. It is the best validation
+    unless that save failed with trainer.checkpoint.on_error=continue: then it is an older
+    one, and the run says so rather than test one epoch and report another."""
+    best = checkpoint.read_manifest(ckpt_dir).get("best")
+    if best is None:
+        raise checkpoint.CheckpointSaveError(
+            f"{ckpt_dir}: no best checkpoint was written (every save failed, see the warnings "
+            "above), so there are no validated weights to test"
+        )
+    saved = checkpoint.load(ckpt_dir / "best.pt", map_location="cpu")
+    step = saved["loop"]["step"]
+    if step != state.best_step:
+        log.warning(
+            f"the best validation was at step {state.best_step} (epoch {state.best_epoch}) but "
+            f"its checkpoint was not written; testing best.pt = {best} from step {step}"
+        )
+    return step, saved["model"]
+
+
+def _record_results(
+    cfg: DictConfig,
+    run_dir: Path,
+    results: dict[str, Any],
+    record: dict[str, Any],
+    writer: Any,
+    state: LoopState,
+    world: distributed.World,
+) -> None:
+    """metrics.json, then the run's summary in TensorBoard (hparams, test scalars)."""
     if world.main:
         rundir.write_json(run_dir / "metrics.json", results)
+    best_record, validated = results["best"], results["final"]
     scalars = {f"best/{cfg.trainer.monitor}": best_record[cfg.trainer.monitor]}
-    scalars |= {f"final/{k}": v for k, v in validated[-1].items() if k.startswith("val/")}
-    scalars |= test
+    scalars |= {f"final/{k}": v for k, v in validated.items() if k.startswith("val/")}
+    scalars |= results["test"]
     hparam_values = metrics.hparams(cfg, record["choices"], record["overrides"])
     # One step past training: a resume purges from its checkpoint's step + 1, so a summary
     # written by an attempt that crashed while testing never shows up twice.
     metrics.log_hparams(writer, hparam_values, scalars, state.step + 1)
+    confusion = results["test_confusion_matrix"]
     if confusion is not None:
         labels = [str(i) for i in range(len(confusion))]
         metrics.log_confusion(writer, torch.tensor(confusion), labels, state.step + 1)
-    return results
 
 
 def _print_summary(run_dir: Path, results: dict[str, Any], world: distributed.World) -> None:
