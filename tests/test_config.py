@@ -149,5 +149,7 @@ def test_targets_outside_the_allowlist_are_refused(make_cfg, monkeypatch):
     nested = make_cfg("model=sequential", "model.layers.act1._target_=builtins.eval")
     with pytest.raises(ConfigError, match=r"model.layers.act1._target_=builtins.eval"):
         config.check(nested)
+    # TRAINLAB_TARGETS cannot open os (tests/test_targets.py: a user's package it can)
     monkeypatch.setenv("TRAINLAB_TARGETS", "os")
-    config.check(cfg)  # the user's own package, named in the environment, is allowed
+    with pytest.raises(ConfigError, match=r"model._target_=os.system: not an allowed target"):
+        config.check(cfg)

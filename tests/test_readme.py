@@ -140,6 +140,10 @@ def shrink(command: Command, cwd: Path, data_dir: Path) -> Command | None:
         tokens += data + TINY
         if "hparams_search=optuna" in tokens:
             tokens.append("hydra.sweeper.n_trials=2")
+    if verb == "resume" and any(t.startswith("trainer.max_epochs=") for t in tokens):
+        # The tiny runs are bounded by trainer.max_steps, where max_epochs would do nothing
+        # (and is refused): the same extension in steps.
+        tokens.append("trainer.max_steps=6")
     if verb == "tensorboard":
         tokens = [*tokens, "--port", "0"]
     return Command(tokens, command.expected, command.env)

@@ -222,6 +222,7 @@ def test_a_tampered_run_folder_is_refused_by_every_verb(
     _, node, key = MODEL_ATTACKS[case]
     run = tampered(trained_csv_run, tmp_path, fill(node, names))
     shutil.copy(data_dir / "table.csv", tmp_path / "table.csv")
+
     def files() -> dict[Path, bytes]:  # all but the lock file, whose text names its holder
         return {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != LOCK}
 

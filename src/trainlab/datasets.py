@@ -255,18 +255,21 @@ def read_csv(path: Path, key: str) -> tuple[list[dict[str, str]], list[str]]:
         return rows, list(reader.fieldnames or [])
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def float_columns(rows: list[dict[str, str]], columns: list[str], path: str) -> np.ndarray:
     out = np.empty((len(rows), len(columns)), dtype=np.float32)
     for i, row in enumerate(rows):
         for j, name in enumerate(columns):
             try:
-                out[i, j] = value = float(row[name])
+                value = float(row[name])
             except (TypeError, ValueError):
                 raise DataError(
                     f"{path}: row {i + 2}, column {name!r} is {row[name]!r}, not a number; "
                     "list the numeric columns in dataset.features"
                 ) from None
-            if not math.isfinite(out[i, j]):
+            if not math.isfinite(value) or abs(value) > FLOAT32_MAX:
                 # float() takes "nan" and "inf"; one such cell makes every loss NaN, or
                 # (validation) pins best.pt at an epoch it never earned.
                 raise DataError(
@@ -274,6 +277,7 @@ def float_columns(rows: list[dict[str, str]], columns: list[str], path: str) -> 
                     f"{' (too large for float32)' if math.isfinite(value) else ''}: inputs must "
                     "be finite numbers; fix or drop that row"
                 )
+            out[i, j] = value
     return out
 
 

@@ -384,34 +384,30 @@ class RunFolderCallback(Callback):
             return
         with read_write(config.hydra.run):
             requested = Path(config.hydra.run.dir)
-            try:
-                if _set_by_user(config, "hydra.run.dir"):
-                    # Made if needed, then locked, and only then looked into: two launches
-                    # naming one folder cannot both find it empty (no check-then-act).
-                    make_dir(requested, "hydra.run.dir")
-                    own(requested)
-                    if holds_files(requested) and config.trainer.resume != "auto":
-                        disown(requested)
-                        _exit_config_error(
-                            f"hydra.run.dir={requested}: that folder holds a run already and a "
-                            f"run never overwrites another; pick a new folder, `trainlab resume "
-                            f"{requested}`, or trainer.resume=auto"
-                        )
-                    if holds_files(requested):
-                        from trainlab.train import check_continuable
+            if not _set_by_user(config, "hydra.run.dir"):
+                run_dir = claim(requested)
+                own(run_dir)
+                config.hydra.run.dir = str(run_dir)
+                return
+        # Made if needed, then locked, and only then looked into: two launches naming one
+        # folder cannot both find it empty (no check-then-act).
+        make_dir(requested, "hydra.run.dir")
+        own(requested)
+        try:
+            if holds_files(requested) and config.trainer.resume != "auto":
+                raise ConfigError(
+                    f"hydra.run.dir={requested}: that folder holds a run already and a run never "
+                    f"overwrites another; pick a new folder, `trainlab resume {requested}`, or "
+                    "trainer.resume=auto"
+                )
+            if holds_files(requested):
+                from trainlab.train import check_continuable  # refuse before Hydra writes there
 
-                        try:
-                            check_continuable(config, requested)
-                        except ConfigError:
-                            disown(requested)
-                            raise
-                    archive_hydra_record(requested)
-                else:
-                    run_dir = claim(requested)
-                    own(run_dir)
-                    config.hydra.run.dir = str(run_dir)
-            except ConfigError as e:
-                _exit_config_error(str(e))
+                check_continuable(config, requested)
+        except ConfigError:
+            disown(requested)
+            raise
+        archive_hydra_record(requested)
 
     def _on_multirun_start(self, config: DictConfig) -> None:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:

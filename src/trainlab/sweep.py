@@ -22,7 +22,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from trainlab.rundir import read_json, write_atomic
+from trainlab.errors import ConfigError
+from trainlab.rundir import in_use, read_json, write_record
 
 FAILED = ("failed", "diverged", "interrupted")
 MAX_DIRNAME = 60
@@ -69,6 +70,10 @@ def read_run(path: Path) -> Row:
     row = Row(path)
     status = _json(path / "status.json")
     row.status, row.reason = status.get("status", "unknown"), status.get("reason", "")
+    if row.status == "running" and not in_use(path):
+        # A running run holds the folder's lock; this one's process is gone without a word
+        # (kill -9, or a full disk at its last record).
+        row.status, row.reason = "interrupted", "the process is gone (killed?)"
     run = _json(path / "run.json")
     overrides = _yaml(path / ".hydra" / "overrides.yaml") or run.get("overrides", [])
     for item in overrides:
@@ -214,7 +219,7 @@ def _relative(path: Path, root: Path) -> str:
 def _json(path: Path) -> dict[str, Any]:
     try:
         return read_json(path) if path.is_file() else {}
-    except ValueError:
+    except ConfigError:
         return {}  # a half-written record of a killed run: report what else is there
 
 
@@ -231,8 +236,8 @@ def _yaml(path: Path) -> Any:
 def write_summary(sweep_dir: Path) -> tuple[Table, list[Row]]:
     rows = [read_run(p) for p in find_runs(sweep_dir)]
     result = table(rows, sweep_dir)
-    write_atomic(sweep_dir / "summary.md", result.markdown().encode())
-    write_atomic(sweep_dir / "summary.csv", result.csv().encode())
+    write_record(sweep_dir / "summary.md", result.markdown())
+    write_record(sweep_dir / "summary.csv", result.csv())
     return result, rows
 
 
