@@ -26,7 +26,10 @@ def test_bf16_trains_the_default_model_within_a_point_of_fp32(make_cfg, tmp_path
     )
     print(f"test/acc fp32 {fp32['test']['test/acc']:.4f} bf16 {bf16['test']['test/acc']:.4f}")
     assert fp32["test"]["test/acc"] >= 0.88
-    assert abs(bf16["test"]["test/acc"] - fp32["test"]["test/acc"]) <= 0.01
+    # Within one point: 10 of the 1,000 test signals. (0.918 - 0.908 is 0.010000000000000009
+    # in floats: compare counts, not float differences.)
+    correct = [round(r["test"]["test/acc"] * 1000) for r in (fp32, bf16)]
+    assert abs(correct[0] - correct[1]) <= 10
 
 
 def test_fp16_trains_checkpoints_its_grad_scaler_and_resumes_exactly(
