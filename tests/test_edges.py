@@ -22,7 +22,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import files
 from conftest import run_cli
-from trainlab import checkpoint, cli, loop, rundir, sweep, train
+from trainlab import checkpoint, cli, lock, loop, rundir, sweep, train
 from trainlab.errors import DataError, RecordWriteError
 
 RUN = ["model=mlp", "model.dropout=0.3", "trainer.num_threads=1", "trainer.log_every_n_steps=7"]
@@ -53,7 +53,7 @@ def snapshot(folder: Path) -> dict[str, str]:
     return {
         str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name != rundir.LOCK_FILE
+        if p.is_file() and p.name != lock.LOCK_FILE
     }
 
 
@@ -77,24 +77,22 @@ def test_the_lock_refuses_a_second_owner_and_dies_with_its_holder(tmp_path):
     run_dir.mkdir()
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from pathlib import Path; from trainlab import "
-         f"rundir; rundir.own(Path({str(run_dir)!r}), ['holder']); print('held', flush=True); "
+         f"lock; lock.own(Path({str(run_dir)!r}), ['holder']); print('held', flush=True); "
          "time.sleep(60)"],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
         assert holder.stdout.readline() == "held\n"
-        assert rundir.in_use(run_dir)
-        with pytest.raises(
-            rundir.FolderInUse, match=rf"in use by pid {holder.pid} on .* \(holder\)"
-        ):
-            rundir.own(run_dir)
+        assert lock.in_use(run_dir)
+        with pytest.raises(lock.FolderInUse, match=rf"in use by pid {holder.pid} on .* \(holder\)"):
+            lock.own(run_dir)
     finally:
         holder.kill()  # kill -9: no clean-up runs, the kernel drops the lock
         holder.wait()
-    assert not rundir.in_use(run_dir)
-    rundir.own(run_dir)  # a dead holder never blocks
-    assert rundir.in_use(run_dir)
-    rundir.disown(run_dir)
+    assert not lock.in_use(run_dir)
+    lock.own(run_dir)  # a dead holder never blocks
+    assert lock.in_use(run_dir)
+    lock.disown(run_dir)
 
 
 @pytest.mark.slow
@@ -143,7 +141,7 @@ def test_eval_is_refused_while_another_process_writes_the_run(make_cfg, tmp_path
     run_dir = straight(make_cfg, tmp_path / "run", "trainer.max_epochs=1")
     holder = subprocess.Popen(
         [sys.executable, "-c", "import time; from pathlib import Path; from trainlab import "
-         f"rundir; rundir.own(Path({str(run_dir)!r})); print('held', flush=True); time.sleep(60)"],
+         f"lock; lock.own(Path({str(run_dir)!r})); print('held', flush=True); time.sleep(60)"],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -279,7 +277,7 @@ def test_status_json_survives_a_full_disk_at_the_end(make_cfg, tmp_path, monkeyp
     assert status(run_dir)["status"] == "running"  # the previous version, whole
     said = capsys.readouterr()
     assert "could not write" in said.out + said.err and "status.json" in said.out + said.err
-    assert not rundir.in_use(run_dir)  # `trainlab report` tells a dead "running" by this:
+    assert not lock.in_use(run_dir)  # `trainlab report` tells a dead "running" by this:
     assert sweep.read_run(run_dir).status == "interrupted"
 
 
@@ -365,7 +363,7 @@ def test_sighup_during_the_real_start_up_then_resume(tmp_path, data_dir):
     proc = popen("train", f"hydra.run.dir={run_dir}",
                  *cli_args(data_dir, "trainer.max_epochs=1"), cwd=tmp_path)  # fmt: skip
     deadline = time.monotonic() + 60
-    while not (run_dir / rundir.LOCK_FILE).exists() and time.monotonic() < deadline:
+    while not (run_dir / lock.LOCK_FILE).exists() and time.monotonic() < deadline:
         time.sleep(0.005)
     proc.send_signal(signal.SIGHUP)
     out, err = proc.communicate(timeout=120)

@@ -18,7 +18,7 @@ import yaml
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from trainlab import cli, config, export, rundir, targets, train
+from trainlab import cli, config, export, lock, rundir, targets, train
 from trainlab.errors import ConfigError
 
 
@@ -191,7 +191,7 @@ def tampered(run_dir: Path, tmp_path: Path, node: dict, file: str = "config.yaml
     return copy
 
 
-LOCK = rundir.LOCK_FILE
+LOCK = lock.LOCK_FILE
 VERBS = {
     "eval": lambda run, tmp: cli.main(["eval", str(run)]),
     "resume": lambda run, tmp: cli.main(["resume", str(run), "trainer.max_epochs=2"]),

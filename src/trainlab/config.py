@@ -416,6 +416,13 @@ def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     return out
 
 
+def absolute_paths(cfg: DictConfig) -> None:
+    """paths.* are relative to the launch folder; config.yaml must say the same thing to a
+    `trainlab resume` started anywhere else."""
+    for key in cfg.paths:
+        cfg.paths[key] = str(Path(cfg.paths[key]).resolve())
+
+
 def load_run_config(run_dir: Path) -> DictConfig:
     """The stored, resolved config of a run, typed by the schema: the source of truth on resume.
     Every `_target_` in it is checked before anything uses it (a run folder may come from

@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
-from trainlab import rundir
+from trainlab import lock
 from trainlab.build import instantiate_node
 from trainlab.errors import DataError
 from trainlab.signals import HANDLED
@@ -260,7 +260,7 @@ def _default_signals(worker_id: int) -> None:
     and not seconds later with the last orphaned worker."""
     for s in HANDLED:
         signal.signal(s, signal.SIG_DFL)
-    rundir.forget_locks()
+    lock.forget_locks()
 
 
 def make_batches(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_CONFIG = 2
@@ -41,3 +43,11 @@ def first_line(error: BaseException) -> str:
     """The first line of an error's message (its class name if it has none)."""
     text = str(error).strip()
     return text.splitlines()[0] if text else error.__class__.__name__
+
+
+def os_reason(error: OSError) -> str:
+    """An OSError in a few words for a one-line message (a full disk says so)."""
+    if isinstance(error, FileExistsError) or error.errno == errno.ENOTDIR:
+        return "a file is in the way: a part of that path is not a folder"
+    full = " (disk full?)" if error.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) else ""
+    return f"{error.strerror or error}{full}"

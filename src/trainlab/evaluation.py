@@ -18,7 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from trainlab import checkpoint, config, distributed, rundir
+from trainlab import checkpoint, config, distributed, lock, rundir
 from trainlab.build import build_loss, build_model
 from trainlab.data import build_data, make_batches
 from trainlab.datasets import float_columns, load_image, read_csv
@@ -100,7 +100,7 @@ def eval_run(run_dir: Path, which: str, split: str) -> int:
         }
         label = which if which in ("best", "last") else Path(entry["name"]).stem
         out = run_dir / "eval" / f"{split}-{label}.json"
-        with rundir.owning(run_dir):  # it writes into the run: one writer at a time
+        with lock.owning(run_dir):  # it writes into the run: one writer at a time
             rundir.make_dir(out.parent, "eval")
             rundir.write_json(out, record)
     except TrainlabError as e:
@@ -141,7 +141,7 @@ def predict(run_dir: Path, input_path: Path, output: Path | None, which: str) ->
         labels = stored.get("classes")
         inside = output is None  # the default: RUN_DIR/predictions/, a write into the run
         output = output or run_dir / "predictions" / f"{input_path.stem}.csv"
-        with rundir.owning(run_dir, needed=inside):
+        with lock.owning(run_dir, needed=inside):
             rundir.make_dir(output.parent, "--output")
             text = _predictions_csv(run.cfg.dataset.task, names, out, labels)
             rundir.write_record(output, text)

@@ -13,7 +13,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from trainlab import rundir, targets
+from trainlab import lock, rundir, targets
 from trainlab.build import build_model
 from trainlab.errors import ConfigError, TrainlabError
 from trainlab.evaluation import Rebuilt, rebuild
@@ -28,7 +28,7 @@ FILES = {
 def export(run_dir: Path, fmt: str, which: str, out_dir: Path | None) -> int:
     try:
         run = rebuild(run_dir, which)
-        with rundir.owning(run_dir, needed=out_dir is None):  # one writer in the run at a time
+        with lock.owning(run_dir, needed=out_dir is None):  # one writer in the run at a time
             path = _export(run, fmt, out_dir or run_dir / "export")
     except TrainlabError as e:
         return rundir.report(e)

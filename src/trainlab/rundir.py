@@ -1,13 +1,11 @@
-"""The run folder: claimed exclusively before a run writes to it, owned by one process at a
-time (an advisory lock), and the small records in it (config.yaml, run.json, status.json,
-metrics.json), each written atomically. Also the Hydra callback that checks the config and
-claims the folder before Hydra creates it. No torch import.
+"""The run folder: claimed exclusively before a run writes to it (and locked, see lock.py),
+and the small records in it (config.yaml, run.json, status.json, metrics.json), each written
+atomically. Also the Hydra callback that checks the config and claims the folder before Hydra
+creates it. No torch import.
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import fnmatch
 import importlib.metadata
 import json
@@ -19,8 +17,6 @@ import subprocess
 import sys
 import tempfile
 import traceback
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -29,8 +25,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, open_dict, read_write
 
-from trainlab import config
-from trainlab.errors import ConfigError, RecordWriteError, TrainlabError, first_line
+from trainlab import config, lock
+from trainlab.errors import ConfigError, RecordWriteError, TrainlabError, first_line, os_reason
+from trainlab.lock import LOCK_FILE
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -63,7 +60,7 @@ def claim(path: Path, key: str = "paths.output_dir") -> Path:
             return candidate
     except OSError as e:
         raise ConfigError(
-            f"{key}: cannot create {path} ({_why(e)}); pick a folder you can write to"
+            f"{key}: cannot create {path} ({os_reason(e)}); pick a folder you can write to"
         ) from None
     raise ConfigError(f"{key}: could not create a new folder next to {path}")
 
@@ -74,131 +71,21 @@ def make_dir(path: Path, key: str) -> None:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigError(
-            f"{key}={path}: cannot create it ({_why(e)}); pick a folder you can write to"
+            f"{key}={path}: cannot create it ({os_reason(e)}); pick a folder you can write to"
         ) from None
-
-
-def _why(error: OSError) -> str:
-    if isinstance(error, FileExistsError) or error.errno == errno.ENOTDIR:
-        return "a file is in the way: a part of that path is not a folder"
-    full = " (disk full?)" if error.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) else ""
-    return f"{error.strerror or error}{full}"
-
-
-# ---- one owner per run folder ----
-#
-# A writer takes an exclusive flock on LOCK_FILE for as long as it writes there; the kernel
-# drops it when the process dies (kill -9 included), so a stale lock never blocks. The file's
-# text (pid, host, since, command) is only there to name the holder in the refusal.
-
-LOCK_FILE = ".trainlab.lock"
-_held: dict[Path, int] = {}  # run folder -> the open lock file (this process holds it)
-
-
-class FolderInUse(ConfigError):
-    """Another process owns the run folder."""
-
-
-def own(run_dir: Path, argv: list[str] | None = None) -> None:
-    """Take the run folder's lock, or raise FolderInUse naming the holder. A no-op when this
-    process holds it already (a callback took it before the task ran)."""
-    key = run_dir.absolute()
-    if key in _held:
-        return
-    path = run_dir / LOCK_FILE
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666 & ~_UMASK)
-    except OSError as e:
-        raise ConfigError(f"{run_dir}: cannot open {LOCK_FILE} there ({_why(e)})") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        holder = _holder(fd)
-        os.close(fd)
-        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise ConfigError(
-                f"{run_dir}: cannot lock {LOCK_FILE} ({_why(e)}); the folder must be on a "
-                "filesystem with flock (see README, Troubleshooting)"
-            ) from None
-        raise FolderInUse(
-            f"{run_dir}: in use by {holder}; one process writes a run folder at a time: wait "
-            "for it to finish, or stop it (it checkpoints on SIGTERM)"
-        ) from None
-    text = json.dumps(
-        {"pid": os.getpid(), "host": socket.gethostname(), "since": now(),
-         "argv": list(sys.argv if argv is None else argv)}
-    )  # fmt: skip
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, text.encode(), 0)
-    _held[key] = fd
-
-
-@contextmanager
-def owning(run_dir: Path, needed: bool = True) -> Iterator[None]:
-    """Hold the run folder's lock for the duration (when `needed`: a verb writing into it)."""
-    mine = needed and run_dir.absolute() not in _held
-    if mine:
-        own(run_dir)
-    try:
-        yield
-    finally:
-        if mine:
-            disown(run_dir)
-
-
-def disown(run_dir: Path) -> None:
-    """Let the folder go (the kernel does the same when the process ends)."""
-    fd = _held.pop(run_dir.absolute(), None)
-    if fd is not None:
-        os.close(fd)
-
-
-def forget_locks() -> None:
-    """In a forked child: close the inherited lock files without unlocking (the parent keeps
-    its lock; the child no longer keeps it alive after the parent is gone)."""
-    for fd in _held.values():
-        os.close(fd)
-    _held.clear()
-
-
-def in_use(run_dir: Path) -> bool:
-    """True while some process (this one too) holds the folder's lock."""
-    if run_dir.absolute() in _held:
-        return True
-    try:
-        fd = os.open(run_dir / LOCK_FILE, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False
-    except OSError:
-        return True
-    finally:
-        os.close(fd)
-
-
-def _holder(fd: int) -> str:
-    try:
-        info = json.loads(os.pread(fd, 4096, 0) or b"{}")
-        return (
-            f"pid {info['pid']} on {info['host']} since {info['since']} ({' '.join(info['argv'])})"
-        )
-    except (OSError, ValueError, KeyError, TypeError):
-        return "another process (its details are unreadable)"
 
 
 def release(run_dir: Path) -> None:
     """Undo claim() when a run is rejected before writing anything: only Hydra's .hydra/ (and
     this process's lock) inside."""
     entries = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else {"?"}
-    mine = LOCK_FILE not in entries or run_dir.absolute() in _held
+    mine = LOCK_FILE not in entries or lock.holds(run_dir)
     if entries <= {".hydra", LOCK_FILE} and mine:
         for p in (run_dir / ".hydra").glob("*"):
             p.unlink()
         if (run_dir / ".hydra").exists():
             (run_dir / ".hydra").rmdir()
-        disown(run_dir)
+        lock.disown(run_dir)
         (run_dir / LOCK_FILE).unlink(missing_ok=True)
         run_dir.rmdir()
         # Folders claim() made for it (outputs/runs/ on a first run) go too, if still empty.
@@ -252,7 +139,7 @@ def write_record(path: Path, text: str) -> None:
         write_atomic(path, text.encode())
     except OSError as e:
         raise RecordWriteError(
-            f"could not write {path} ({_why(e)}); its previous version is kept"
+            f"could not write {path} ({os_reason(e)}); its previous version is kept"
         ) from None
 
 
@@ -386,13 +273,13 @@ class RunFolderCallback(Callback):
             requested = Path(config.hydra.run.dir)
             if not _set_by_user(config, "hydra.run.dir"):
                 run_dir = claim(requested)
-                own(run_dir)
+                lock.own(run_dir)
                 config.hydra.run.dir = str(run_dir)
                 return
         # Made if needed, then locked, and only then looked into: two launches naming one
         # folder cannot both find it empty (no check-then-act).
         make_dir(requested, "hydra.run.dir")
-        own(requested)
+        lock.own(requested)
         try:
             if holds_files(requested) and config.trainer.resume != "auto":
                 raise ConfigError(
@@ -401,11 +288,11 @@ class RunFolderCallback(Callback):
                     "trainer.resume=auto"
                 )
             if holds_files(requested):
-                from trainlab.train import check_continuable  # refuse before Hydra writes there
+                from trainlab import continuation  # torch; refuse before Hydra writes there
 
-                check_continuable(config, requested)
+                continuation.check_early(config, requested)
         except ConfigError:
-            disown(requested)
+            lock.disown(requested)
             raise
         archive_hydra_record(requested)
 

@@ -23,7 +23,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from trainlab.errors import ConfigError
-from trainlab.rundir import in_use, read_json, write_record
+from trainlab.lock import in_use
+from trainlab.rundir import read_json, write_record
 
 FAILED = ("failed", "diverged", "interrupted")
 MAX_DIRNAME = 60

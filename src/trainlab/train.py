@@ -16,7 +16,6 @@ import signal
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +26,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 import trainlab
-from trainlab import checkpoint, config, distributed, metrics, rundir
+from trainlab import checkpoint, config, continuation, distributed, lock, metrics, rundir
 from trainlab.build import build_loss, build_model, build_optimizer, build_scheduler
+from trainlab.continuation import Resume
 from trainlab.data import Data, Shard, Split, build_data, epoch_seed, make_batches
 from trainlab.errors import ConfigError, Diverged, TrainlabError, first_line
 from trainlab.loop import (
@@ -49,15 +49,6 @@ from trainlab.tasks import Task
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Resume:
-    """A run continuing in its folder: the config changes it brings (already in the config)
-    and the keys the user allowed to change (--allow-change)."""
-
-    changes: dict[str, tuple[Any, Any]] = field(default_factory=dict)
-    allow: list[str] = field(default_factory=list)
-
-
 def hydra_task(cfg: DictConfig) -> float:
     """The body of each `trainlab train` job; returns the best monitored value (what a
     sweeper optimises). In a sweep a failing job records its status and returns NaN: it is a
@@ -65,7 +56,7 @@ def hydra_task(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    absolute_paths(cfg)
+    config.absolute_paths(cfg)
     parallel = _parallel_jobs(hydra_cfg.launcher)
     if cfg.trainer.num_threads is None and parallel > 1:
         # Jobs running side by side share the cores instead of each taking all of them.
@@ -83,13 +74,13 @@ def hydra_task(cfg: DictConfig) -> float:
             # The sweep checked what its jobs share; this job's own values are checked here.
             config.check(cfg)
         if distributed.launched_world().main:
-            rundir.own(run_dir)  # a single run's callback took it already; a sweep job's here
-        resume = _continuing(cfg, run_dir, multirun)
+            lock.own(run_dir)  # a single run's callback took it already; a sweep job's here
+        resume = continuation.decide(cfg, run_dir, multirun)
         results = run(cfg, run_dir, launch=launch, resume=resume, multirun=multirun)
     except TrainlabError as e:
         if not multirun:
             raise SystemExit(rundir.report(e)) from None
-        ours = not isinstance(e, rundir.FolderInUse)  # another process's folder: touch nothing
+        ours = not isinstance(e, lock.FolderInUse)  # another process's folder: touch nothing
         if ours and distributed.launched_world().main and not (run_dir / "status.json").is_file():
             _record_status(run_dir, "failed", rundir.message_of(e))
         print(f"error: job {run_dir.name}: {rundir.message_of(e)}", file=sys.stderr)
@@ -100,28 +91,9 @@ def hydra_task(cfg: DictConfig) -> float:
         traceback.print_exc()  # an internal error: the whole story, but the sweep goes on
         return math.nan
     finally:
-        rundir.disown(run_dir)
+        lock.disown(run_dir)
         distributed.teardown()
     return results["best"].get(cfg.trainer.monitor, math.nan)
-
-
-def absolute_paths(cfg: DictConfig) -> None:
-    """paths.* are relative to the launch folder; config.yaml must say the same thing to a
-    `trainlab resume` started anywhere else."""
-    for key in cfg.paths:
-        cfg.paths[key] = str(Path(cfg.paths[key]).resolve())
-
-
-def check_continuable(cfg: DictConfig, run_dir: Path) -> None:
-    """For the Hydra callback, before Hydra writes this launch's .hydra/ into a used folder
-    with trainer.resume=auto: refuse now what the task would refuse, so a refused launch
-    touches nothing there. `cfg` is the whole config (hydra included); it is not changed."""
-    task = OmegaConf.create({
-        k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
-        for k, v in ((k, cfg[k]) for k in cfg if k != "hydra")
-    })  # fmt: skip
-    absolute_paths(task)
-    _continuing(task, run_dir, multirun=False)
 
 
 def _join_world(cfg: DictConfig, run_dir: Path, release: bool) -> Path:
@@ -134,82 +106,6 @@ def _join_world(cfg: DictConfig, run_dir: Path, release: bool) -> Path:
             rundir.release(run_dir)
         raise
     return Path(distributed.broadcast_object(str(run_dir)))
-
-
-def _continuing(cfg: DictConfig, run_dir: Path, multirun: bool) -> Resume | None:
-    """What a job does in a folder that is not new: with trainer.resume=auto it continues the
-    trainlab run there (the command line may only change what `trainlab resume` may), or
-    starts it over in place if it stopped before its first checkpoint; anything else in the
-    folder is refused. None: train from the start."""
-    if not _holds_run(run_dir):
-        return None
-    if cfg.trainer.resume != "auto":
-        raise ConfigError(
-            f"{run_dir}: this job's folder holds a run already and a run never overwrites "
-            "another; use a new hydra.sweep.dir, or trainer.resume=auto to continue it"
-        )
-    if not (run_dir / "config.yaml").is_file():
-        found = sorted(p.name for p in run_dir.iterdir() if p.name not in OURS_BEFORE_CONFIG)
-        raise ConfigError(
-            f"trainer.resume=auto: {run_dir} holds files that are not a trainlab run "
-            f"({', '.join(found[:5])}); it continues only a folder a trainlab run wrote. Pick "
-            "another hydra.run.dir"
-        )
-    return continuation(run_dir, cfg, allow=[])
-
-
-# What a run folder holds before its config.yaml: Hydra's record and the lock.
-OURS_BEFORE_CONFIG = (".hydra", rundir.LOCK_FILE)
-
-
-def _holds_run(run_dir: Path) -> bool:
-    return any(p.name not in OURS_BEFORE_CONFIG for p in run_dir.iterdir())
-
-
-def continuation(run_dir: Path, cfg: DictConfig, allow: list[str]) -> Resume | None:
-    """How `cfg` continues the run stored in `run_dir`: a Resume from its newest checkpoint, or
-    None to start it over in place when it stopped before its first checkpoint (exact: nothing
-    was trained). Refused: a config that changes what the run trains, and starting over a run
-    that has results or checkpoint files its manifest does not list."""
-    stored = config.load_run_config(run_dir)
-    found = config.changes(stored, cfg)
-    config.check_resume_changes(found, allow)
-    _check_length_key(stored, cfg)
-    ckpt_dir = run_dir / "checkpoints"
-    if checkpoint.has_checkpoint(ckpt_dir):
-        return Resume(found, allow)
-    if (run_dir / "metrics.json").is_file() or rundir.status_of(run_dir).get("status") == (
-        "completed"
-    ):
-        raise ConfigError(
-            f"{run_dir}: holds a finished run's results, but checkpoints/{checkpoint.MANIFEST} "
-            "lists no checkpoint; it is not started over in place. Restore the manifest from a "
-            "backup, or train a new run"
-        )
-    # A kill during the first save leaves one step file the manifest never committed; more
-    # than one means a run that saved before and lost its manifest: not started over.
-    stray = sorted(p.name for p in ckpt_dir.glob("step_*.pt")) if ckpt_dir.is_dir() else []
-    if len(stray) > 1:
-        raise ConfigError(
-            f"{run_dir}: checkpoints/ holds {', '.join(stray[:3])} but "
-            f"{checkpoint.MANIFEST} lists none of them, so none can be verified; it is not "
-            "started over in place. Restore the manifest from a backup, or train a new run"
-        )
-    log.info(f"{run_dir}: no checkpoint yet (it stopped before its first save): starting over")
-    return None
-
-
-def _check_length_key(stored: DictConfig, cfg: DictConfig) -> None:
-    """trainer.max_epochs does nothing while trainer.max_steps bounds the run: say which key
-    would extend it instead of training nothing."""
-    old, new = stored.trainer, cfg.trainer
-    bounded = new.max_steps is not None and new.max_steps == old.max_steps
-    if bounded and new.max_epochs != old.max_epochs:
-        raise ConfigError(
-            f"trainer.max_epochs={new.max_epochs}: has no effect, the run is bounded by "
-            f"trainer.max_steps={new.max_steps}; extend it with trainer.max_steps=<more>, or "
-            "count epochs again with trainer.max_steps=null"
-        )
 
 
 def _parallel_jobs(launcher: DictConfig) -> int:
@@ -232,16 +128,16 @@ def resume(run_dir: Path, overrides: list[str], allow: list[str], argv: list[str
         config.check_resume_changes(found, allow)
         _check_world(cfg, run_dir)
         if distributed.launched_world().main:
-            rundir.own(run_dir, argv)
+            lock.own(run_dir, argv)
         if rundir.status_of(run_dir).get("status") == "completed" and not found:
             print(f"{run_dir}: the run completed already; nothing to resume")
             return 0
         with graceful_stop():
-            run(cfg, run_dir, launch=None, resume=continuation(run_dir, cfg, allow), argv=argv)
+            run(cfg, run_dir, launch=None, resume=continuation.of(run_dir, cfg, allow), argv=argv)
     except TrainlabError as e:
         return rundir.report(e)
     finally:
-        rundir.disown(run_dir)
+        lock.disown(run_dir)
         distributed.teardown()
     return 0
 
@@ -279,10 +175,10 @@ def run(
     # in place.
     in_place = resume is None and (run_dir / "config.yaml").is_file()
     rank = distributed.launched_world().rank
-    if rank == 0:
-        rundir.own(run_dir, argv)
-    # The handlers stay from start-up to the end (nested in the CLI's, if it installed them).
+    # Rank 0 owns the folder (a no-op where the callback or `resume` took it already); the
+    # signal handlers stay from start-up to the end (nested in the CLI's, if it has them).
     with (
+        lock.owning(run_dir, needed=rank == 0),
         graceful_stop() as stop,
         metrics.console_and_log_file(run_dir / "train.log", rank) as start_log_file,
     ):
@@ -304,9 +200,8 @@ def run(
             )
             notes = []
             # Read before anything is written: a damaged run.json is refused, not replaced.
-            earlier = rundir.read_json(run_dir / "run.json") if world.main and (
-                run_dir / "run.json"
-            ).is_file() else None  # fmt: skip
+            run_json = run_dir / "run.json"
+            earlier = rundir.read_json(run_json) if world.main and run_json.is_file() else None
             if resume is not None:
                 if world.main:
                     checkpoint.sweep_temp_files(ckpt_dir)
@@ -405,8 +300,6 @@ def run(
             raise
         finally:
             writer.close()
-            if rank == 0:
-                rundir.disown(run_dir)
         _print_summary(run_dir, results, world)
         return results
 
