@@ -290,3 +290,19 @@ def test_a_users_own_package_is_allowed_through_the_environment_only(
     monkeypatch.setenv("TRAINLAB_TARGETS", "mypkg,os")
     with pytest.raises(ConfigError, match=r"model._target_=os.system: not an allowed target"):
         targets.check_one("os.system", "model._target_")
+
+
+@pytest.mark.parametrize(
+    "flag", ["-cd {tmp}", "--config-dir={tmp}", "-cn other", "--experimental-rerun {tmp}/c.pickle"]
+)
+def test_hydra_flags_that_read_configs_the_check_cannot_see_are_refused(
+    flag, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    names = plant(tmp_path)
+    shutil.copy(tmp_path / "evil.pkl", tmp_path / "c.pickle")  # a "config" that is a payload
+    args = flag.format(tmp=tmp_path).split()
+    assert cli.main(["train", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {args[0].split('=')[0]}: trainlab train reads trainlab's conf/")
+    assert not Path(names["marker"]).exists()

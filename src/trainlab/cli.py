@@ -152,13 +152,28 @@ def _multirun(args: list[str]) -> bool:
     return "-m" in args or "--multirun" in args
 
 
+# Hydra flags after which no task runs; and those that would read a config (or, for
+# --experimental-rerun, a pickle) from elsewhere, which the pre-check could not see.
+NOTHING_RUNS = {"--cfg", "-c", "--info", "-i", "--resolve", "--package", "-p", "--hydra-help",
+                "--shell-completion", "-sc", "--version"}  # fmt: skip
+OTHER_CONFIGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd",
+                 "--experimental-rerun"}  # fmt: skip
+
+
 def precheck(args: list[str]) -> str | None:
     """The whole config, `hydra:` included, checked before Hydra acts on it: Hydra builds the
     callbacks and configures logging (dictConfig calls what a `()` key names) before any
     callback of ours runs. Composed through the compose API, with a sweep's first values;
     what does not compose here is left to Hydra, which reports it."""
-    flags = [a for a in args if a.startswith("-") and a not in ("-m", "--multirun")]
-    if flags:  # --cfg, --info, -cd ...: nothing is run, or another config folder is used
+    flags = {a.split("=", 1)[0] for a in args if a.startswith("-")}
+    refused = sorted(flags & OTHER_CONFIGS)
+    if refused:
+        return (
+            f"{refused[0]}: trainlab train reads trainlab's conf/ and the folders on Hydra's "
+            "search path, which are checked before anything runs; add yours with "
+            "'hydra.searchpath=[file:///path/to/conf]'"
+        )
+    if flags & NOTHING_RUNS:  # --cfg job, --info ...: the task does not run
         return None
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
