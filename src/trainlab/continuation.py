@@ -38,6 +38,8 @@ def decide(cfg: DictConfig, run_dir: Path, multirun: bool) -> Resume | None:
     if not _holds_run(run_dir):
         return None
     if cfg.trainer.resume != "auto":
+        if not multirun:
+            return None  # a single run's callback refused a used folder already
         raise ConfigError(
             f"{run_dir}: this job's folder holds a run already and a run never overwrites "
             "another; use a new hydra.sweep.dir, or trainer.resume=auto to continue it"
