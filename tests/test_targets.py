@@ -306,3 +306,21 @@ def test_hydra_flags_that_read_configs_the_check_cannot_see_are_refused(
     err = capsys.readouterr().err
     assert err.startswith(f"error: {args[0].split('=')[0]}: trainlab train reads trainlab's conf/")
     assert not Path(names["marker"]).exists()
+
+
+SWEEPS = [["seed=0,1"], ["hparams_search=optuna", "optimizer.lr=interval(1e-4,1e-1)"]]
+
+
+@pytest.mark.parametrize("sweep", SWEEPS, ids=["grid", "optuna"])
+def test_a_sweep_is_checked_before_hydra_builds_its_callbacks(
+    sweep, tmp_path, data_dir, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    names = plant(tmp_path)
+    _, node, key = HYDRA_ATTACKS[0]
+    args = ["train", "-m", f"paths.data_dir={data_dir}", "trainer.max_epochs=1", *sweep,
+            *shared_yaml(tmp_path, fill(node, names), "experiment")]  # fmt: skip
+    assert cli.main(args) == 2
+    assert f"error: {key}: not an allowed target" in capsys.readouterr().err
+    assert not Path(names["marker"]).exists()
+    assert not (tmp_path / "outputs").exists()

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import os
 import sys
@@ -179,13 +180,19 @@ def precheck(args: list[str]) -> str | None:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     from trainlab.errors import ConfigError
     from trainlab.explain import first_values
 
     try:
-        overrides = first_values(OverridesParser.create().parse_overrides(_overrides(args)))
+        overrides = []
+        for parsed in OverridesParser.create().parse_overrides(_overrides(args)):
+            # An interval() (Optuna) has no first value: its key keeps its default here, and
+            # each job checks the value it gets.
+            with contextlib.suppress(HydraException):
+                overrides += first_values([parsed])
         GlobalHydra.instance().clear()
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose("train", overrides=overrides, return_hydra_config=True)
