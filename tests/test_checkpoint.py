@@ -88,9 +88,23 @@ def test_round_trip_restores_every_part_and_the_random_streams(tmp_path):
     assert entry["name"] == "step_6.pt" and loop == LOOP | {"step": 6}
     for a, b in zip(model.state_dict().values(), model2.state_dict().values(), strict=True):
         assert torch.equal(a, b)
-    assert scheduler2.get_last_lr() == scheduler.get_last_lr()
+    assert scheduler2.state_dict() == scheduler.state_dict()
+    # The optimizer's moments and step counts, and its param groups (lr after the schedule).
+    a, b = optimizer.state_dict(), optimizer2.state_dict()
+    assert a["param_groups"] == b["param_groups"]
+    assert a["state"].keys() == b["state"].keys()
+    for index, values in a["state"].items():
+        for name, value in values.items():
+            assert torch.equal(value, b["state"][index][name]), (index, name)
     assert (random.random(), np.random.rand()) == expected_next[:2]
     assert torch.equal(torch.rand(3), expected_next[2])
+    # And they go on the same: one more identical step lands on identical weights.
+    for m, opt, sched in ((model, optimizer, scheduler), (model2, optimizer2, scheduler2)):
+        torch.manual_seed(5)
+        m.eval()  # no dropout draw: both see the same function
+        train_a_little(m, opt, sched, 1)
+    for x, y in zip(model.parameters(), model2.parameters(), strict=True):
+        assert torch.equal(x, y)
 
 
 def test_checkpoint_holds_only_plain_types_and_loads_with_weights_only(tmp_path):
