@@ -8,6 +8,7 @@ import torch
 from torch.autograd import gradcheck
 
 from trainlab import config, rundir, train
+from trainlab.build import build_loss
 from trainlab.errors import ConfigError, DataError
 from trainlab.losses import DiceLoss, LogCoshLoss, MSELoss, MultiTaskLoss, _LogCosh
 
@@ -70,13 +71,25 @@ def test_dice_matches_hand_computed_values():
     assert foreground.item() == pytest.approx(1 - 0.8, abs=1e-6)
 
 
-def test_hinge_matches_hand_computed_value():
+def test_hinge_matches_hand_computed_value(make_cfg):
+    # The loss trainlab builds from loss=multi_margin (its YAML, its builder), by hand:
     # sum over i != y of max(0, margin - x[y] + x[i]) / C
     # = ((1 - 0.8 + 0.1) + (1 - 0.8 + 0.2) + (1 - 0.8 + 0.4)) / 4 = 0.325
     scores, target = torch.tensor([[0.1, 0.2, 0.4, 0.8]]), torch.tensor([3])
-    assert torch.nn.MultiMarginLoss(p=1, margin=1.0)(scores, target).item() == pytest.approx(0.325)
+    hinge = build_loss(make_cfg("loss=multi_margin").loss)
+    assert hinge(scores, target).item() == pytest.approx(0.325)
     # p = 2: squared terms, (0.09 + 0.16 + 0.36) / 4
-    assert torch.nn.MultiMarginLoss(p=2)(scores, target).item() == pytest.approx(0.1525)
+    squared = build_loss(make_cfg("loss=multi_margin", "loss.p=2").loss)
+    assert squared(scores, target).item() == pytest.approx(0.1525)
+
+
+def test_multi_task_weights_scale_each_head(make_cfg):
+    """The value, not only the gradient: weights 1 and 0.5 give loss_a + 0.5 * loss_b."""
+    loss = build_loss(make_cfg("experiment=multitask", "loss.weights.value=0.5").loss)
+    output = {"label": torch.tensor([[2.0, 0.0, -1.0]]), "value": torch.tensor([[3.0]])}
+    target = {"label": torch.tensor([0]), "value": torch.tensor([[1.0]])}
+    label = torch.nn.functional.cross_entropy(output["label"], target["label"])
+    assert loss(output, target).item() == pytest.approx(label.item() + 0.5 * (3.0 - 1.0) ** 2)
 
 
 @pytest.mark.parametrize(
