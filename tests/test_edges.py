@@ -315,7 +315,9 @@ PHASES = {
 }
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=str)
+@pytest.mark.parametrize(
+    "signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda s: signal.Signals(s).name
+)
 @pytest.mark.parametrize("phase", PHASES)
 def test_a_signal_in_any_phase_is_recorded_and_the_run_resumes_exactly(
     phase, signum, make_cfg, tmp_path, monkeypatch, reference_run
@@ -337,6 +339,8 @@ def test_a_signal_in_any_phase_is_recorded_and_the_run_resumes_exactly(
     assert status(run_dir) | {"reason": signal.Signals(signum).name} == status(run_dir)
     assert status(run_dir)["status"] == "interrupted"
     assert not (run_dir / "metrics.json").exists()  # a test cut short records nothing
+    if phase == "start-up":  # stopped before training: nothing trained, nothing saved
+        assert not checkpoint.read_manifest(run_dir / "checkpoints")["files"]
     monkeypatch.setattr(module, name, real)
     assert train.resume(run_dir, [], [], argv=[]) == 0
     assert status(run_dir)["status"] == "completed"

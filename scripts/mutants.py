@@ -1,0 +1,230 @@
+"""Deliberate bugs: each mutant is a small source patch that breaks one feature, with the
+tests that name that feature. For each, the harness copies the checkout to a temporary
+folder, applies the patch there, runs only those tests, and requires at least one to fail.
+It prints a table (mutant, tests, caught?) and exits 1 if any mutant survives.
+
+    .venv/bin/python scripts/mutants.py            # every mutant (about 6 minutes on 2 cores)
+    .venv/bin/python scripts/mutants.py -k lock    # the mutants whose name contains "lock"
+    .venv/bin/python scripts/mutants.py --check    # only that every patch still applies
+
+tests/test_mutants.py runs a few of them in the suite; docs/testing.md has the last table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+COPIED = ("src", "tests", "conf", "scripts", "docs", "README.md", "pyproject.toml")
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    path: str  # relative to the checkout
+    old: str  # must occur in the file exactly once
+    new: str
+    tests: tuple[str, ...]  # pytest arguments (node ids, -k expressions)
+
+
+T = "src/trainlab/"
+MUTANTS = [
+    # -- the bugs issue 12 found surviving --
+    Mutant("first Ctrl-C kills at once", T + "signals.py",
+           "if request.signum is not None and signum == signal.SIGINT:",
+           "if signum == signal.SIGINT:",
+           ("tests/test_edges.py", "-k", "any_phase and SIGINT and validation")),
+    Mutant("restore skips the optimizer", T + "checkpoint.py",
+           '    optimizer.load_state_dict(ckpt["optimizer"])', "    pass",
+           ("tests/test_checkpoint.py", "-k", "round_trip")),
+    Mutant("lambda_warmup decays with another shape", T + "schedules.py",
+           "0.5 * (1 + math.cos(math.pi * progress))",
+           "0.5 * (1 + math.cos(math.pi * progress)) ** 2",
+           ("tests/test_optim.py", "-k", "traces and lambda_warmup")),
+    Mutant("multi-task loss ignores its weights", T + "losses.py",
+           "self.weights[k] * loss(output[k], target[k])", "loss(output[k], target[k])",
+           ("tests/test_losses.py", "-k", "weights")),
+    # -- one per feature --
+    Mutant("gradient clipping off", T + "loop.py",
+           "            nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm)\n",
+           "            pass\n",
+           ("tests/test_options.py", "-k", "clipping")),
+    Mutant("min_delta ignored", T + "loop.py",
+           "    delta = trainer.early_stopping.min_delta", "    delta = 0.0",
+           ("tests/test_options.py", "-k", "min_delta")),
+    Mutant("early stopping one validation late", T + "loop.py",
+           "state.bad_validations >= patience", "state.bad_validations > patience",
+           ("tests/test_options.py", "-k", "min_delta")),
+    Mutant("val_every_epochs ignored", T + "loop.py",
+           "state.epoch % trainer.val_every_epochs == 0", "True",
+           ("tests/test_options.py", "-k", "cadence")),
+    Mutant("checkpoint every_n_epochs ignored", T + "loop.py",
+           "epoch_due = ckpt.every_n_epochs and state.epoch % ckpt.every_n_epochs == 0",
+           "epoch_due = True", ("tests/test_options.py", "-k", "cadence")),
+    Mutant("nan_skip_limit ignored", T + "loop.py",
+           "state.nan_skips < trainer.nan_skip_limit", "True",
+           ("tests/test_options.py", "-k", "nan_skip")),
+    Mutant("scheduler not stepped per step", T + "loop.py",
+           "                        _step_per_batch(\n",
+           "                        (lambda *a: None)(\n",
+           ("tests/test_optim.py", "-k", "traces and onecycle")),
+    Mutant("RNG not restored on resume", T + "checkpoint.py",
+           'def restore_rng(state: dict[str, Any]) -> None:\n',
+           'def restore_rng(state: dict[str, Any]) -> None:\n    return\n',
+           ("tests/test_resume.py", "-k", "matrix and mid_epoch and memory")),
+    Mutant("mid-epoch running sums dropped", T + "loop.py",
+           '        loop_state["partial_sums"] = partial',
+           '        loop_state["partial_sums"] = None',
+           ("tests/test_resume.py", "-k", "matrix and mid_epoch and memory")),
+    Mutant("manifest hash not checked", T + "checkpoint.py",
+           'or hashlib.sha256(payload).hexdigest() != entry["sha256"]:', ":",
+           ("tests/test_checkpoint.py", "-k", "damaged")),
+    Mutant("ASGD averaged weights not swapped in", T + "loop.py",
+           "    if not parts.eval_with_average:\n        yield\n        return\n",
+           "    if True:\n        yield\n        return\n",
+           ("tests/test_optim.py", "-k", "asgd")),
+    Mutant("param group options dropped", T + "build.py",
+           'groups += [{**{k: v for k, v in spec.items() if k != "match"}, "params": []} for',
+           'groups += [{"params": []} for', ("tests/test_optim.py", "-k", "param_groups_by")),
+    Mutant("DDP sums not all-reduced", T + "distributed.py",
+           "    if active():\n        dist.all_reduce(t)\n",
+           "    if False:\n        dist.all_reduce(t)\n",
+           ("tests/test_distributed.py", "-k", "two_ranks_train_like_one_process")),
+    # -- trust at the edges (issue 11) --
+    Mutant("run folder lock is a no-op", T + "lock.py",
+           "    key = run_dir.absolute()\n    if key in _held:\n",
+           "    key = run_dir.absolute()\n    if True:\n",
+           ("tests/test_edges.py", "-k", "lock_refuses or eval_is_refused")),
+    Mutant("target walk through module attributes", T + "targets.py",
+           "if isinstance(child, ModuleType) and child.__name__ != here:", "if False:",
+           ("tests/test_targets.py", "-k", "users_own_package")),
+    Mutant("torchvision's download/extract helpers not denied", T + "targets.py",
+           '"torch.utils.cpp_extension", "torchvision.datasets.utils",',
+           '"torch.utils.cpp_extension",',
+           ("tests/test_targets.py", "-k", "loader and inside and train_refuses")),
+    Mutant("no check before Hydra builds callbacks", T + "cli.py",
+           "    message = precheck(args)\n", "    message = None\n",
+           ("tests/test_targets.py", "-k", "callbacks and train_refuses")),
+    Mutant("records written in place", T + "rundir.py",
+           "        write_atomic(path, text.encode())\n", "        path.write_text(text)\n",
+           ("tests/test_edges.py", "-k", "config_yaml_survives")),
+    Mutant("a signal in the final test is not read", T + "train.py",
+           "            stop.check()\n            _record_results", "            _record_results",
+           ("tests/test_edges.py", "-k", "any_phase and SIGTERM and final")),
+    Mutant("a signal in start-up is not read", T + "train.py",
+           "            stop.check(saved=resumed_from is not None)\n", "",
+           ("tests/test_edges.py", "-k", "any_phase and SIGTERM and start")),
+    Mutant("SIGHUP not handled", T + "signals.py",
+           "signal.SIGINT, signal.SIGHUP, signal.SIGUSR1", "signal.SIGINT, signal.SIGUSR1",
+           ("tests/test_edges.py", "-k", "real_start_up")),
+    Mutant("resume=auto starts a finished run over", T + "continuation.py",
+           '    if (run_dir / "metrics.json").is_file() or rundir', "    if False and rundir",
+           ("tests/test_edges.py", "-k", "manifest_is_gone")),
+    Mutant("resume=auto takes a foreign folder", T + "continuation.py",
+           '    if not (run_dir / "config.yaml").is_file():\n        found',
+           '    if False:\n        found', ("tests/test_edges.py", "-k", "not_a_trainlab_run")),
+    Mutant("max_epochs on a max_steps run accepted", T + "continuation.py",
+           "    if bounded and new.max_epochs != old.max_epochs:", "    if False:",
+           ("tests/test_edges.py", "-k", "bounded_by_max_steps")),
+    Mutant("NaN cells in a CSV accepted", T + "datasets.py",
+           "if not math.isfinite(value) or abs(value) > FLOAT32_MAX:", "if False:",
+           ("tests/test_edges.py", "-k", "non_finite_csv")),
+    Mutant("predict ignores the stored class names", T + "evaluation.py",
+           '        labels = stored.get("classes")', "        labels = None",
+           ("tests/test_edges.py", "-k", "class_names")),
+    Mutant("names may leave outputs/", T + "config.py",
+           "    check_name(cfg.name)\n", "", ("tests/test_edges.py", "-k", "one_folder_name")),
+    Mutant("the test reports the best validation, not the checkpoint tested", T + "train.py",
+           'best_record = next(r for r in state.history if r["step"] == best_step)',
+           'best_record = next(r for r in state.history if r["step"] == state.best_step)',
+           ("tests/test_edges.py", "-k", "on_error_continue")),
+    Mutant("a DataLoader worker's error shown as its traceback", T + "rundir.py",
+           '    if text.startswith("Caught ") and "Original Traceback" in text:', "    if False:",
+           ("tests/test_edges.py", "-k", "corrupt_image")),
+    Mutant("adam's lr drifts to torch's default unnoticed", "conf/optimizer/adam.yaml",
+           "lr: 0.01 ", "lr: 0.001", ("tests/test_defaults.py",)),
+]  # fmt: skip
+
+
+def run(mutant: Mutant, python: str) -> tuple[bool, float, str]:
+    """(caught, seconds, last line of pytest's output) for one mutant, in a scratch copy."""
+    with tempfile.TemporaryDirectory(prefix="mutant-") as scratch:
+        copy = Path(scratch)
+        for name in COPIED:
+            source = ROOT / name
+            if source.is_dir():
+                shutil.copytree(source, copy / name, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                shutil.copy2(source, copy / name)
+        apply(mutant, copy)
+        env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+        env["PYTHONPATH"] = str(copy / "src")  # the copy's trainlab, not the checkout's
+        started = time.perf_counter()
+        done = subprocess.run(
+            [python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *mutant.tests],
+            cwd=copy, env=env, capture_output=True, text=True, timeout=900,
+        )  # fmt: skip
+        tail = (done.stdout.strip().splitlines() or ["(no output)"])[-1]
+        # 1: tests ran and one failed. 0 (all passed) is a survivor; anything else (no test
+        # collected, a usage error) means the mutant names tests that do not exist.
+        if done.returncode not in (0, 1):
+            raise SystemExit(f"{mutant.name}: pytest exited {done.returncode}: {tail}")
+        return done.returncode == 1, time.perf_counter() - started, tail
+
+
+def apply(mutant: Mutant, root: Path) -> None:
+    path = root / mutant.path
+    text = path.read_text()
+    if text.count(mutant.old) != 1:
+        raise SystemExit(
+            f"{mutant.name}: {mutant.path} holds the patched text {text.count(mutant.old)} "
+            "times, not once: update the mutant to the code"
+        )
+    path.write_text(text.replace(mutant.old, mutant.new))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-k", dest="select", help="only mutants whose name contains this")
+    parser.add_argument("--check", action="store_true", help="only check the patches apply")
+    parser.add_argument("--python", default=sys.executable, help="the interpreter with trainlab")
+    ns = parser.parse_args(argv)
+    chosen = [m for m in MUTANTS if not ns.select or ns.select in m.name]
+    if ns.check:
+        for mutant in chosen:
+            apply(mutant, _copy_of(mutant))
+        print(f"{len(chosen)} patches apply")
+        return 0
+    print("| mutant | tests | caught | seconds |\n| --- | --- | --- | --- |")
+    survivors = []
+    for mutant in chosen:
+        caught, seconds, tail = run(mutant, ns.python)
+        tests = " ".join(mutant.tests).replace("tests/", "")
+        print(f"| {mutant.name} | `{tests}` | {'yes' if caught else 'NO: ' + tail} | "
+              f"{seconds:.0f} |", flush=True)  # fmt: skip
+        if not caught:
+            survivors.append(mutant.name)
+    print(f"\n{len(chosen) - len(survivors)} of {len(chosen)} mutants caught")
+    if survivors:
+        print(f"survived: {', '.join(survivors)}", file=sys.stderr)
+    return 1 if survivors else 0
+
+
+def _copy_of(mutant: Mutant) -> Path:
+    """A scratch folder holding only the mutant's file, to check the patch applies."""
+    scratch = Path(tempfile.mkdtemp(prefix="mutant-check-"))
+    (scratch / mutant.path).parent.mkdir(parents=True)
+    shutil.copy2(ROOT / mutant.path, scratch / mutant.path)
+    return scratch
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
