@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -70,6 +71,13 @@ def assert_bitwise_equal(a: Path, b: Path) -> None:
     )
 
 
+def newest_checkpoint(run_dir: Path) -> tuple[str, int] | None:
+    """(file, step) of the newest resumable checkpoint the manifest commits; None before one."""
+    files = checkpoint.read_manifest(run_dir / "checkpoints")["files"]
+    steps = [(e["step"], name) for name, e in files.items() if e.get("resumable", True)]
+    return (max(steps)[1], max(steps)[0]) if steps else None
+
+
 def straight_run(make_cfg, run_dir: Path, *overrides: str) -> None:
     """The uninterrupted run, in this process (same code, same thread count: same numbers)."""
     train.run(make_cfg(*RUN, *overrides), rundir.claim(run_dir), launch=None)
@@ -98,6 +106,7 @@ def test_ten_random_sigkills_and_requeues_end_bitwise_equal(tmp_path, data_dir, 
     straight_run(make_cfg, tmp_path / "straight", *length)
 
     run_dir, rng, kills, attempt = tmp_path / "chaos", random.Random(0), 0, 0
+    newest = [None]  # per attempt: the newest committed checkpoint when it began
     while True:
         attempt += 1
         proc = start(run_dir, data_dir, *length)
@@ -108,10 +117,19 @@ def test_ten_random_sigkills_and_requeues_end_bitwise_equal(tmp_path, data_dir, 
                 proc.kill()
                 proc.wait()
                 kills += 1
+                newest.append(newest_checkpoint(run_dir))
                 continue
         assert proc.wait(timeout=300) == 0, proc.stderr.read()
         break
     assert kills == 10, f"the run finished after {kills} kills; make it longer"
+    # Each restart continued from the newest checkpoint the kill left, never from scratch or
+    # an older one; and the kills did land after some saves, or this proves nothing.
+    attempts = (run_dir / "train.log").read_text().split("run folder:")[1:]
+    assert len(attempts) == attempt
+    for log, saved in zip(attempts, newest, strict=True):
+        resumed = re.search(r"resuming from (\S+): epoch \d+, step (\d+)", log)
+        assert (resumed and (resumed[1], int(resumed[2]))) == (saved or None), log[:300]
+    assert sum(saved is not None for saved in newest) >= 5, newest
     assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
     assert_bitwise_equal(tmp_path / "straight", run_dir)
     assert len(list((run_dir / ".hydra").glob("attempt-*"))) == attempt - 1

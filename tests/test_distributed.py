@@ -94,7 +94,7 @@ def test_two_ranks_train_like_one_process_into_one_folder(tmp_path, data_dir, ma
 @pytest.mark.slow
 def test_sigterm_to_the_group_then_two_ranks_resume_bitwise(tmp_path, data_dir):
     # Dropout: each rank's own random stream must come back on resume too.
-    run = [*RUN, "model.dropout=0.3", "trainer.max_epochs=30", f"paths.data_dir={data_dir}"]
+    run = [*RUN, "model.dropout=0.3", "trainer.max_epochs=10", f"paths.data_dir={data_dir}"]
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     done = torchrun("train", "trainer.devices=2", f"hydra.run.dir={straight}", *run, cwd=tmp_path)
     assert done.returncode == 0, done.stderr + done.stdout
@@ -110,7 +110,7 @@ def test_sigterm_to_the_group_then_two_ranks_resume_bitwise(tmp_path, data_dir):
     assert status == status | {"status": "interrupted", "reason": "SIGTERM"}, output
     manifest = checkpoint.read_manifest(stopped / "checkpoints")
     # Progress lines name the epoch at its log points, so it stopped somewhere past epoch 1.
-    assert 57 < manifest["files"][manifest["last"]]["step"] < 30 * 57
+    assert 57 < manifest["files"][manifest["last"]]["step"] < 10 * 57
 
     # One process cannot continue it as it was: refused, naming the key and the way out.
     refused = run_cli("resume", str(stopped), cwd=tmp_path)

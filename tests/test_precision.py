@@ -20,12 +20,14 @@ def run(make_cfg, tmp_path, *overrides, name="run"):
 
 @pytest.mark.slow
 def test_bf16_trains_the_default_model_within_a_point_of_fp32(make_cfg, tmp_path):
-    _, fp32 = run(make_cfg, tmp_path, "trainer.max_epochs=100", name="fp32")
+    # 40 of the default 100 epochs: both are past 0.9 by then, and bf16 on a CPU is slow
+    # (40 epochs: 7 s in fp32, 41 s in bf16 on the 2-core VM).
+    _, fp32 = run(make_cfg, tmp_path, "trainer.max_epochs=40", name="fp32")
     _, bf16 = run(
-        make_cfg, tmp_path, "trainer.max_epochs=100", "trainer.precision=bf16", name="bf16"
+        make_cfg, tmp_path, "trainer.max_epochs=40", "trainer.precision=bf16", name="bf16"
     )
     print(f"test/acc fp32 {fp32['test']['test/acc']:.4f} bf16 {bf16['test']['test/acc']:.4f}")
-    assert fp32["test"]["test/acc"] >= 0.88
+    assert fp32["test"]["test/acc"] >= 0.9
     # Within one point: 10 of the 1,000 test signals. (0.918 - 0.908 is 0.010000000000000009
     # in floats: compare counts, not float differences.)
     correct = [round(r["test"]["test/acc"] * 1000) for r in (fp32, bf16)]
@@ -92,7 +94,12 @@ def test_channels_last_lays_out_images_and_model(make_cfg, tmp_path, monkeypatch
     real = loop.train_step
 
     def spy(model, batches, *args, **kwargs):
+        convs = [p for p in model.parameters() if p.dim() == 4]
         seen.append(batches[0][0].is_contiguous(memory_format=torch.channels_last))
+        seen.append(bool(convs))
+        seen.extend(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+        # Not both at once, as a kernel over one input channel is.
+        seen.extend(not p.is_contiguous() for p in convs if p.shape[1] > 1)
         return real(model, batches, *args, **kwargs)
 
     monkeypatch.setattr(loop, "train_step", spy)
@@ -112,10 +119,26 @@ def test_channels_last_lays_out_images_and_model(make_cfg, tmp_path, monkeypatch
 
 
 @pytest.mark.slow
-def test_compile_trains_and_checkpoints_the_plain_module(make_cfg, tmp_path):
+def test_compile_trains_and_checkpoints_the_plain_module(make_cfg, tmp_path, monkeypatch):
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    trained = []
+    real = loop.train_step
+
+    def spy(model, *args, **kwargs):
+        trained.append(type(model).__name__)
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", spy)
     run_dir, results = run(
         make_cfg, tmp_path, "model=mlp", "trainer.compile=true", "trainer.max_steps=3"
     )
+    # The steps ran the compiled module, and dynamo captured its graph, forward and backward.
+    assert trained == ["OptimizedModule"] * 3
+    assert counters["stats"]["unique_graphs"] >= 1 and counters["aot_autograd"]["ok"] >= 1
+    assert not counters["graph_break"], dict(counters["graph_break"])
     saved = checkpoint.load(run_dir / "checkpoints" / "last.pt")
     assert not any("_orig_mod" in key for key in saved["model"])
     assert set(saved["model"]) == {"hidden.0.0.weight", "hidden.0.0.bias", "hidden.1.0.weight",
