@@ -73,6 +73,9 @@ MUTANTS = [
            'return ckpt["loop"] | {"history": unpack_history(ckpt["loop"]["history"]), '
            '"best": None}',
            ("tests/test_resume.py", "-k", "matrix and mid_epoch")),
+    Mutant("eval prints other lines than README shows", T + "evaluation.py",
+           'print(f"written to {out}")', 'print(f"saved as {out}")',
+           ("tests/test_readme.py", "-k", "every_readme_command")),
     # -- one per feature --
     Mutant("gradient clipping off", T + "loop.py",
            "            nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm)\n",

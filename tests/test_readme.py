@@ -1,16 +1,23 @@
 """Every command README.md shows is run here, in order, so the docs cannot rot.
 
 `bash` blocks: each command must succeed. `console` blocks: each `$ command` must print the
-lines shown under it. `python`/`yaml` blocks whose first line is `# <path>` are files the
-commands after them use, written as shown. What the commands need besides (iris.csv, photos/)
-is made here, and every run is shrunk to a tiny one; what changes, and why, is in `shrink`.
+lines shown under it, compared by `shown_pattern`: text, words and stable numbers exactly, what
+differs from run to run masked (wall times, floats, run-folder stamps, absolute paths, the epoch
+and step counts of a shrunk run), `...` for lines or text left out. `python`/`yaml` blocks whose
+first line is `# <path>` are files the commands after them use, written as shown. What the
+commands need besides (iris.csv, photos/) is made here, and bash-block runs are shrunk to tiny
+ones; what changes, and why, is in `shrink`. Each `trainlab resume` of a run really resumes one
+stopped part-way (`_stopped_like`); the run-folder listing is checked against a real folder.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import re
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -21,7 +28,7 @@ import pytest
 
 import files
 from conftest import REPO
-from trainlab import cli
+from trainlab import checkpoint, cli, loop
 
 pytestmark = pytest.mark.slow
 
@@ -84,7 +91,7 @@ def test_readme_shows_commands_of_every_verb():
 def test_every_readme_command_runs(tmp_path, data_dir, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     _user_files(tmp_path)
-    ran = []
+    ran, resumed, shown_outputs = [], 0, 0
     for item in commands_and_files():
         if isinstance(item, tuple):
             path, text = item
@@ -94,18 +101,33 @@ def test_every_readme_command_runs(tmp_path, data_dir, monkeypatch, capsys):
         command = shrink(item, tmp_path, data_dir)
         if command is None:
             continue
+        stopped = None
+        if _resumes_a_stopped_run(command):
+            stopped = _stopped_like(Path(command.tokens[2]), tmp_path, monkeypatch, capsys)
+            command = shrink(item, tmp_path, data_dir)  # now names the stopped run
+            assert command.tokens[2] == str(stopped.relative_to(tmp_path))
         capsys.readouterr()
         code, printed = run(command, tmp_path, monkeypatch, capsys)
-        if item.expected is not None and command.tokens[0] == "trainlab":
-            assert [line for line in printed.splitlines() if line.strip()] == [
-                line for line in item.expected if line.strip()
-            ], f"README shows other output for: {item}"
-            failing = any(line.startswith("error:") for line in item.expected)
+        if command.expected is not None:
+            shown = [line for line in command.expected if line.strip()]
+            lines = "\n".join(line.rstrip() for line in printed.splitlines() if line.strip())
+            assert re.fullmatch(shown_pattern(shown), lines), (
+                f"README shows other output for: {item}\n--- shown:\n" + "\n".join(shown)
+                + f"\n--- printed:\n{lines[-4000:]}"
+            )  # fmt: skip
+            failing = any(line.startswith("error:") for line in command.expected)
             assert (code != 0) == failing, f"{item} exited {code}"
+            shown_outputs += 1
         else:
             assert code == 0, f"{item}\n{printed[-3000:]}"
+        if stopped is not None:
+            _assert_resumed(stopped)
+            resumed += 1
         ran.append(str(item))
     assert len(ran) >= 50, ran
+    consoles = [c for c in commands_and_files() if isinstance(c, Command) and c.expected]
+    assert resumed >= 2 and shown_outputs == len(consoles) >= 24, (resumed, shown_outputs)
+    _assert_run_folder_as_listed(tmp_path)
 
 
 def shrink(command: Command, cwd: Path, data_dir: Path) -> Command | None:
@@ -114,6 +136,8 @@ def shrink(command: Command, cwd: Path, data_dir: Path) -> Command | None:
     tokens = [_existing_folder(t, cwd) for t in tokens]
     program = tokens[0]
     data = [f"paths.data_dir={data_dir}", f"paths.output_dir={cwd / 'outputs'}"]
+    if command.expected is not None:
+        return _shown(tokens, command, cwd, data)
     if program in ("./scripts/test.sh",):
         # The suite itself would run here again: set-up and collection only.
         return Command([str(REPO / "scripts/test.sh"), "--collect-only", "-q"], env=command.env)
@@ -137,6 +161,9 @@ def shrink(command: Command, cwd: Path, data_dir: Path) -> Command | None:
             # No SLURM here: compose the launcher's config (submitit's) instead of submitting.
             singles = [t.split(",")[0] for t in tokens if t not in ("-m", "--multirun")]
             return Command([*singles, *data, "--cfg", "hydra"], env=command.env)
+        if "dataset.path=iris.csv" in tokens:
+            # Full length (200 steps, a second): the predictions README shows depend on it.
+            return Command([*tokens, *data, "trainer.num_threads=1"], env=command.env)
         tokens += data + TINY
         if "hparams_search=optuna" in tokens:
             tokens.append("hydra.sweeper.n_trials=2")
@@ -147,6 +174,68 @@ def shrink(command: Command, cwd: Path, data_dir: Path) -> Command | None:
     if verb == "tensorboard":
         tokens = [*tokens, "--port", "0"]
     return Command(tokens, command.expected, command.env)
+
+
+def _shown(tokens: list[str], command: Command, cwd: Path, data: list[str]) -> Command:
+    """A console block's command: run as shown (its output is compared), but for the default
+    run, three epochs of its hundred, and the benchmark, on a few hundred samples."""
+    program, expected = tokens[0], command.expected
+    if program == "./scripts/train.sh":
+        short = ["trainer.max_epochs=3", "trainer.num_threads=1"]
+        return Command([str(REPO / program), *tokens[1:], *data, *short], expected, command.env)
+    if program == ".venv/bin/python" and tokens[1] == "scripts/bench.py":
+        args = ["--tiny", "--repeats", "2", "--epochs", "2", "--skip-startup",
+                "--out", str(cwd / "bench.json")]  # fmt: skip
+        # What --skip-startup leaves out, Lightning's row when it is not installed, and where
+        # the results go.
+        skipped = ["start-up:"]
+        if importlib.util.find_spec("lightning") is None:
+            skipped.append("| Lightning")
+        expected = [line + " (tiny)" * line.startswith("workload:") for line in expected
+                    if not line.startswith(tuple(skipped))]  # fmt: skip
+        expected = [re.sub(r"^results: .*", f"results: {cwd / 'bench.json'}", line)
+                    for line in expected]  # fmt: skip
+        return Command([sys.executable, str(REPO / tokens[1]), *args], expected)
+    if program == "trainlab" and tokens[1] == "train":
+        return Command([*tokens, *data], expected, command.env)
+    if program in ("trainlab", "head"):
+        return Command(tokens, expected, command.env)
+    raise AssertionError(f"README shows the output of {program}: teach this test how")
+
+
+# What differs between README's machine and this test's runs: (shown text, what it stands for).
+# Each match in a shown line stands for any text of the given pattern; the rest of the line
+# must be printed as shown.
+MASKS = [
+    (r"\.\.\.", lambda text: r".*?"),  # text README leaves out
+    (r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d_\d{6}", lambda text: r"[\d_-]{26}"),  # a run's stamp
+    # Where outputs/ is: the test's runs print it absolute, under a temporary folder.
+    (r"(?<![\w./])(?:/[^\s'\"]*?/)?outputs/", lambda text: r"(?:/[^\s'\"]*?/)?outputs/"),
+    (r"(?<==)[^\s,|)]+", re.escape),  # a value the command sets: as shown
+    (r"\d{1,3}(?:,\d{3})+", lambda text: r"\d{1,3}(?:,\d{3})*"),  # 119,068 samples/s
+    (r"\d+\.\d+", lambda text: rf"\d+\.\d{{{len(text.split('.')[1])}}}"),  # measured: its form
+    # The counts a shorter run changes: epochs, steps, checkpoint names; and the port.
+    (r"(?<=epoch )\d+|(?<=step )\d+|(?<=step_)\d+|(?<=of )\d+|\d+(?= steps)|(?<=\d/)\d+"
+     r"|(?<=:)\d+(?=/)", lambda text: r"\d+"),
+]  # fmt: skip
+MASK = re.compile("|".join(f"(?P<m{i}>{pattern})" for i, (pattern, _) in enumerate(MASKS)))
+
+
+def shown_pattern(shown: list[str]) -> str:
+    """A regex for the printed lines (non-empty, right-stripped, joined by newlines) that
+    README's lines stand for; a line that is only `...` stands for any number of lines."""
+    lines = []
+    for line in shown:
+        if line.strip() == "...":
+            lines.append(r"(?:[^\n]*\n)*?")
+            continue
+        pattern, at = "", 0
+        for m in MASK.finditer(line):
+            stand_for = MASKS[int(m.lastgroup[1:])][1]
+            pattern += re.escape(line[at : m.start()]) + stand_for(m[0])
+            at = m.end()
+        lines.append(pattern + re.escape(line[at:].rstrip()) + r"\n")
+    return "".join(lines).removesuffix(r"\n")
 
 
 def run(command: Command, cwd: Path, monkeypatch, capsys) -> tuple[int, str]:
@@ -240,3 +329,61 @@ def _user_files(cwd: Path) -> None:
     classes = ("ant", "bee", "cat", "dog", "eel")
     files.write_images(cwd / "photos" / "train", classes=classes, per_class=6)
     files.write_images(cwd / "photos" / "test", classes=classes, per_class=2, seed=1)
+
+
+def _resumes_a_stopped_run(command: Command) -> bool:
+    """README's `trainlab resume RUN` lines, but for those that extend a finished run."""
+    tokens = command.tokens
+    return (
+        command.expected is None
+        and tokens[:2] == ["trainlab", "resume"]
+        and not any(t.startswith("trainer.max_") for t in tokens)
+    )
+
+
+def _stopped_like(target: Path, cwd: Path, monkeypatch, capsys) -> Path:
+    """A new run with the overrides of the run README's resume names, sent SIGTERM during
+    its second step: it saves that step and exits 143, the newest run of its name."""
+    overrides = json.loads((cwd / target / "run.json").read_text())["overrides"]
+    real, calls = loop.train_step, []
+
+    def step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    before = set((cwd / target).parent.iterdir())
+    with monkeypatch.context() as m:
+        m.setattr(loop, "train_step", step)
+        code = cli.main(["train", *(o for o in overrides if not o.startswith("hydra."))])
+    printed = capsys.readouterr()
+    assert code == 143, printed.out + printed.err
+    (stopped,) = set((cwd / target).parent.iterdir()) - before
+    assert json.loads((stopped / "status.json").read_text())["status"] == "interrupted"
+    return stopped
+
+
+def _assert_resumed(run_dir: Path) -> None:
+    """The resume continued the stopped run from its checkpoint and finished it."""
+    attempts = json.loads((run_dir / "run.json").read_text())["attempts"]
+    assert [a.get("resumed_from") for a in attempts] == [None, "step_2.pt"], attempts
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
+    manifest = checkpoint.read_manifest(run_dir / "checkpoints")
+    assert manifest["files"][manifest["last"]]["step"] > 2  # it trained on
+
+
+def _assert_run_folder_as_listed(cwd: Path) -> None:
+    """README's listing of a run folder names what the runs here hold: nothing missing, nothing
+    left out (eval/, predictions/ and export/ once those verbs wrote them)."""
+    (listing,) = [b for lang, b in readme_blocks() if not lang and b.startswith("outputs/runs/<")]
+    listed = set()
+    for line in listing.splitlines()[1:]:
+        if re.match(r"  \S", line):
+            listed.update(re.split(r"\s{2,}", line.strip())[0].split())
+    held = {
+        p.name + ("/" if p.is_dir() else "")
+        for run in (cwd / "outputs" / "runs").iterdir()
+        for p in run.iterdir()
+    }
+    assert held == listed, f"not listed: {held - listed}; listed, not in any run: {listed - held}"
