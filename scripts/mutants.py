@@ -76,6 +76,9 @@ MUTANTS = [
     Mutant("eval prints other lines than README shows", T + "evaluation.py",
            'print(f"written to {out}")', 'print(f"saved as {out}")',
            ("tests/test_readme.py", "-k", "every_readme_command")),
+    Mutant("ONNX export fixed to a batch of one", T + "export.py",
+           'dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False,',
+           "verbose=False,", ("tests/test_verbs.py", "-k", "onnx")),
     # -- one per feature --
     Mutant("gradient clipping off", T + "loop.py",
            "            nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm)\n",

@@ -4,6 +4,7 @@ of the exported weights), and `trainlab tensorboard` on the loopback interface."
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import re
 import socket
@@ -160,12 +161,46 @@ def test_export_reloads_into_a_fresh_model_with_identical_outputs(finished_run, 
     with torch.no_grad():
         assert torch.equal(scripted(x), want)
 
+
+@pytest.mark.slow
+def test_onnx_export_runs_without_torch_with_the_same_outputs(finished_run, capsys, monkeypatch):
+    """ONNX (the `export` extra): checked by onnx, run by onnx's reference evaluator on a
+    batch of another size than the one it was traced with, equal to the model's outputs."""
+    import onnx
+    from onnx.reference import ReferenceEvaluator
+
+    model = rebuild(finished_run, "best").model
+    x = torch.randn(5, 4)
+    with torch.no_grad():
+        want = model(x).numpy()
+    assert cli.main(["export", str(finished_run), "--format", "onnx"]) == 0
+    path = finished_run / "export" / "model.onnx"
+    graph = onnx.load(str(path))
+    onnx.checker.check_model(graph)
+    # The batch axis is symbolic (the reference evaluator would not refuse a fixed one; a
+    # runtime such as onnxruntime does).
+    (batch, features) = graph.graph.input[0].type.tensor_type.shape.dim
+    assert batch.dim_param and not batch.dim_value and features.dim_value == 4
+    session = ReferenceEvaluator(str(path))
+    (got,) = session.run(None, {"input": x.numpy()})
+    assert got.shape == want.shape == (5, 3) and abs(got - want).max() < 1e-5
+    (one,) = session.run(None, {"input": x[:1].numpy()})
+    assert one.shape == (1, 3) and abs(one - want[:1]).max() < 1e-5
+
+    # Without the packages: exit 2, saying what to install, and nothing written.
+    path.unlink()
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "onnxscript" else real(name, *a),
+    )
     capsys.readouterr()
-    code = cli.main(["export", str(finished_run), "--format", "onnx"])
-    if code != 0:  # onnx is optional: without it the message says what to install
-        assert code == 2 and "pip install onnx" in capsys.readouterr().err
-    else:
-        assert (folder / "model.onnx").stat().st_size > 0
+    assert cli.main(["export", str(finished_run), "--format", "onnx"]) == 2
+    assert "needs the onnxscript package(s), which are not installed: pip install onnxscript" in (
+        capsys.readouterr().err
+    )
+    assert not path.exists()
 
 
 @pytest.mark.slow

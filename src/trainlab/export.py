@@ -84,4 +84,8 @@ def _export_onnx(run: Rebuilt, model: nn.Module, path: Path) -> None:
             f"--format onnx: needs the {' and '.join(needed)} package(s), which are not "
             f"installed: pip install {' '.join(needed)} (or export --format safetensors)"
         )
-    torch.onnx.export(model, (example_input(run),), str(path), input_names=["input"])
+    # Any batch size: the first axis is named, not fixed to the example's one sample.
+    torch.onnx.export(
+        model, (example_input(run),), str(path), input_names=["input"],
+        dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False,
+    )  # fmt: skip
