@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -104,6 +108,12 @@ OPTUNA = [
 ]  # fmt: skip
 
 
+def study_of(root: Path):
+    import optuna
+
+    return optuna.load_study(study_name=None, storage=f"sqlite:///{root / 'optuna.db'}")
+
+
 def trials(root: Path) -> list[tuple[int, str]]:
     with sqlite3.connect(root / "optuna.db") as db:
         return db.execute("SELECT number, state FROM trials ORDER BY number").fetchall()
@@ -112,17 +122,24 @@ def trials(root: Path) -> list[tuple[int, str]]:
 def test_optuna_fails_a_diverged_trial_and_continues_after_a_kill(tmp_path, data_dir):
     root = tmp_path / "study"
     proc = multirun(tmp_path, data_dir, *OPTUNA, f"hydra.sweep.dir={root}", wait=False)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
+    deadline, killed = time.monotonic() + 300, None
+    while time.monotonic() < deadline and proc.poll() is None:
         finished = [p for p in root.glob("*/metrics.json")] + [
             p for p in root.glob("*/status.json") if "diverged" in p.read_text()
         ]
-        if len(finished) >= 3 or proc.poll() is not None:
+        # Half-way, and with a trial that has saved a checkpoint and not finished.
+        saved = [m.parent.parent for m in root.glob("*/checkpoints/manifest.json")]
+        running = [j for j in saved if not (j / "metrics.json").exists()
+                   and "diverged" not in (j / "status.json").read_text()]  # fmt: skip
+        if len(finished) >= 3 and running:
+            proc.send_signal(signal.SIGKILL)
+            killed = running[0]
             break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
+        time.sleep(0.01)
     proc.wait()
+    assert killed is not None, "the sweep ended before a trial could be killed mid-training"
     assert 3 <= len(list(root.glob("*_optimizer*"))) < 6, "kill the sweep half-way"
+    assert study_of(root).direction.name == "MAXIMIZE"  # trainer.monitor=val/acc
 
     done = multirun(tmp_path, data_dir, *OPTUNA, f"hydra.sweep.dir={root}")
     states = trials(root)
@@ -137,14 +154,24 @@ def test_optuna_fails_a_diverged_trial_and_continues_after_a_kill(tmp_path, data
     assert json.loads((root / diverged[0] / "status.json").read_text())["status"] == "diverged"
     assert done.returncode == 1  # a trial failed: the sweep says so
     assert "1 of 6 jobs did not complete" in done.stderr
+    # The killed trial ran again in its folder, from its checkpoint, and finished.
+    attempts = json.loads((killed / "run.json").read_text())["attempts"]
+    assert len(attempts) == 2 and attempts[1]["resumed_from"].startswith("step_"), attempts
+    assert json.loads((killed / "status.json").read_text())["status"] == "completed"
 
 
 def test_the_shipped_optuna_search_space_runs(tmp_path, data_dir):
     done = multirun(tmp_path, data_dir, "hparams_search=optuna", "hydra.sweeper.n_trials=2",
-                    "trainer.max_epochs=1")  # fmt: skip
+                    "trainer.max_epochs=1", "trainer.monitor=val/loss")  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     (root,) = (tmp_path / "outputs" / "multirun").iterdir()
     assert [state for _, state in trials(root)] == ["COMPLETE", "COMPLETE"]
+    # A loss is minimized, and what Optuna was told is each trial's best val/loss.
+    study = study_of(root)
+    assert study.direction.name == "MINIMIZE"
+    jobs = sorted(p for p in root.iterdir() if p.is_dir())
+    best = [json.loads((j / "metrics.json").read_text())["best"]["val/loss"] for j in jobs]
+    assert [t.value for t in study.trials] == best
     header = (root / "summary.csv").read_text().splitlines()[0]
     assert header.startswith("job,model.channels,optimizer.lr,optimizer.weight_decay,status")
 
@@ -182,6 +209,54 @@ def test_report_aggregates_seeds_and_renders_as_markdown(make_cfg, tmp_path, cap
     assert values == sorted(values) and len(values) == 6
 
 
+def test_report_shows_unfinished_runs_from_their_checkpoints_and_sorts_descending(
+    make_cfg, tmp_path, capsys, monkeypatch
+):
+    from test_resume import interrupt_at, poison_training_forward
+    from trainlab import checkpoint, cli
+
+    root = tmp_path / "runs"
+    short = ["model=mlp", "trainer.max_epochs=3"]
+    for seed in (0, 1):  # two that finish
+        launch = {"overrides": [f"seed={seed}"], "choices": {}}
+        train.run(make_cfg(*short, f"seed={seed}"), rundir.claim(root / f"done{seed}"), launch)
+    with monkeypatch.context() as m:  # one stopped hard mid-epoch 3 (Ctrl-C twice)
+        interrupt_at(m, 2 * 36 + 5, "crash")
+        with pytest.raises(SystemExit):
+            train.run(make_cfg(*short, "seed=2"), rundir.claim(root / "stopped"), None)
+    with monkeypatch.context() as m:  # one diverged in epoch 1, before any checkpoint
+        poison_training_forward(m, at_call=10)
+        with pytest.raises(train.Diverged):
+            train.run(make_cfg(*short, "seed=3"), rundir.claim(root / "diverged"), None)
+    # One whose process died without a word: status.json still says running, the lock is free.
+    shutil.copytree(root / "stopped", root / "killed")
+    rundir.write_status(root / "killed", "running")
+
+    capsys.readouterr()
+    assert cli.main(["report", str(root), "--sort", "best", "--desc", "--format", "csv"]) == 0
+    header, *body = csv.reader(io.StringIO(capsys.readouterr().out))
+    assert ",".join(header) == "job,seed,status,best val/acc,final val/acc,test acc,epochs,time_s"
+    rows = {r[0]: r for r in body}
+    assert len(rows) == len(body) == 5
+    assert {j: r[2].split(":")[0] for j, r in rows.items()} == {
+        "done0": "completed", "done1": "completed", "stopped": "interrupted",
+        "killed": "interrupted", "diverged": "diverged",
+    }  # fmt: skip
+    assert rows["killed"][2] == "interrupted: the process is gone (killed?)"
+    assert rows["diverged"][2].startswith("diverged: train/loss is nan at step 10")
+    # The stopped run: its best checkpoint's value and its last checkpoint's epoch (2).
+    manifest = checkpoint.read_manifest(root / "stopped" / "checkpoints")
+    best = manifest["files"][manifest["best"]]["metric"]
+    assert float(rows["stopped"][3]) == pytest.approx(best, abs=5e-5)
+    assert rows["stopped"][6] == rows["killed"][6] == "2" and rows["stopped"][4:6] == ["", ""]
+    assert rows["diverged"][3] == ""  # nothing committed
+    # --desc: the best values from high to low, the run without one last.
+    order = [r[0] for r in body]
+    values = [float(rows[j][3]) for j in order[:-1]]
+    assert values == sorted(values, reverse=True) and values[0] > values[-1]
+    assert order[-1] == "diverged"
+
+
 def test_job_folder_names_are_safe_and_capped():
     assert sweep.job_dirname("model.layers=[a/b],x=1") == "model.layers=_a_b_,x=1"
     long = ",".join(f"key{i}=value{i}" for i in range(20))
@@ -191,6 +266,29 @@ def test_job_folder_names_are_safe_and_capped():
         "model",
         "optimizer.lr",
     ]
+
+
+def test_parallel_joblib_jobs_each_train_on_their_share_of_the_cores(
+    tmp_path, data_dir, monkeypatch
+):
+    from trainlab import cli
+
+    monkeypatch.chdir(tmp_path)
+    short = [t for t in TINY if not t.startswith("trainer.num_threads=")]
+    args = ["train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1",
+            "model=mlp", *short, f"paths.output_dir={tmp_path / 'outputs'}",
+            f"paths.data_dir={data_dir}"]  # fmt: skip
+    assert cli.main(args) == 0
+    (root,) = (tmp_path / "outputs" / "multirun").iterdir()
+    jobs = sorted(p for p in root.iterdir() if p.is_dir())
+    share = max(1, (os.cpu_count() or 1) // 2)
+    assert len(jobs) == 2
+    for job in jobs:
+        # Recorded in the config (a resume uses it) and the count the job trained with.
+        assert f"num_threads: {share}\n" in (job / "config.yaml").read_text()
+        env = json.loads((job / "run.json").read_text())["environment"]
+        assert env["num_threads"] == share, env
+    assert len({json.loads((j / "run.json").read_text())["attempts"][0]["pid"] for j in jobs}) == 2
 
 
 def test_launcher_configs_compose_and_parallel_jobs_share_the_cores(monkeypatch):

@@ -113,6 +113,33 @@ def test_predict_writes_one_row_per_input(finished_run, data_dir, tmp_path):
         assert abs(sum(float(r[f"p_{c}"]) for c in classes) - 1) < 1e-5
 
 
+def test_predict_for_a_regression_table_writes_the_outputs(make_cfg, data_dir, tmp_path):
+    regression = ["dataset.task=regression", "dataset.target=score", "dataset.num_outputs=1",
+                  "dataset.monitor=val/rmse", "loss=mse", "trainer.max_epochs=30"]  # fmt: skip
+    run_dir = rundir.claim(tmp_path / "run")
+    train.run(make_cfg(*CSV, *regression), run_dir, launch=None)
+    # New inputs without the target (or any other) column than the features.
+    table = list(csv.DictReader((data_dir / "table.csv").open()))
+    features = [f"f{i}" for i in range(1, 5)]
+    new = tmp_path / "new.csv"
+    new.write_text(
+        "\n".join([",".join(features), *(",".join(r[f] for f in features) for r in table)]) + "\n"
+    )
+    assert cli.main(["predict", str(run_dir), "--input", str(new)]) == 0
+    rows = list(csv.DictReader((run_dir / "predictions" / "new.csv").open()))
+    assert list(rows[0]) == ["input", "output_0"] and len(rows) == len(table)
+    model = rebuild(run_dir, "best").model
+    x = torch.tensor([[float(r[f]) for f in features] for r in table])
+    with torch.no_grad():
+        want = model(x)[:, 0].tolist()
+    got = [float(r["output_0"]) for r in rows]
+    assert got == pytest.approx(want, rel=1e-5, abs=1e-6)
+    # And it learnt the target (the features' sum): far better than predicting its mean.
+    score = torch.tensor([float(r["score"]) for r in table])
+    rmse = (torch.tensor(got) - score).pow(2).mean().sqrt()
+    assert rmse < 0.5 * score.std(), (rmse, score.std())
+
+
 def test_predict_on_image_files(make_cfg, data_dir, tmp_path):
     overrides = [
         "dataset=image_folder",
@@ -225,6 +252,25 @@ def test_tensorboard_serves_a_run_on_loopback_only(finished_run, tmp_path):
         if other is not None:  # nothing answers on the machine's other address
             with pytest.raises(OSError):
                 socket.create_connection((other, port), timeout=2).close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_tensorboard_bind_all_warns_and_listens_on_every_interface(finished_run):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trainlab", "tensorboard", str(finished_run), "--port", "0",
+         "--bind-all"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        warning = proc.stderr.readline()
+        assert warning.startswith("warning: --bind-all serves on every network interface")
+        url = re.search(r"at (http://\S+/)", proc.stdout.readline()).group(1)
+        port = int(url.rsplit(":", 1)[1].strip("/"))
+        assert _listening_addresses(port) & {"0.0.0.0", "::"}, _listening_addresses(port)
+        assert "train/loss" in _get_json(f"http://127.0.0.1:{port}/data/plugin/scalars/tags")["tb"]
     finally:
         proc.terminate()
         proc.wait(timeout=30)
