@@ -105,6 +105,17 @@ MUTANTS = [
            'writer.writerow([name, *(f"{v:.6g}" for v in row)])',
            'writer.writerow([name, *(f"{v:.2g}" for v in row)])',
            ("tests/test_verbs.py", "-k", "regression_table")),
+    Mutant("the hinge loss built with another margin", "conf/loss/multi_margin.yaml",
+           "margin: 1.0 ", "margin: 0.5 ", ("tests/test_losses.py", "-k", "hinge")),
+    Mutant("a resume may change the precision unasked", T + "train.py",
+           '(("precision", "trainer.precision"), ("world_size", "trainer.devices"))',
+           '(("world_size", "trainer.devices"),)',
+           ("tests/test_options.py", "-k", "precision_unasked")),
+    Mutant("progress=none prints progress lines", T + "progress.py",
+           "self.mode, self.max_epochs, self.total = mode, max_epochs, steps_per_epoch",
+           'self.mode, self.max_epochs, self.total = mode.replace("none", "lines"), max_epochs, '
+           "steps_per_epoch",
+           ("tests/test_options.py", "-k", "progress_none")),
     # -- one per feature --
     Mutant("gradient clipping off", T + "loop.py",
            "            nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm)\n",
