@@ -3,7 +3,7 @@ tests that name that feature. For each, the harness copies the checkout to a tem
 folder, applies the patch there, runs only those tests, and requires at least one to fail.
 It prints a table (mutant, tests, caught?) and exits 1 if any mutant survives.
 
-    .venv/bin/python scripts/mutants.py            # every mutant (about 6 minutes on 2 cores)
+    .venv/bin/python scripts/mutants.py            # every mutant (about 16 minutes on 2 cores)
     .venv/bin/python scripts/mutants.py -k lock    # the mutants whose name contains "lock"
     .venv/bin/python scripts/mutants.py --check    # only that every patch still applies
 
