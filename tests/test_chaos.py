@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from conftest import run_cli
+from test_resume import assert_same_run
 from trainlab import checkpoint, rundir, train
 
 pytestmark = pytest.mark.slow
@@ -51,26 +51,6 @@ def wait_for(
     raise TimeoutError(f"{text!r} x{count} never appeared in {path}")
 
 
-def assert_bitwise_equal(a: Path, b: Path) -> None:
-    x = checkpoint.load(a / "checkpoints" / "last.pt")
-    y = checkpoint.load(b / "checkpoints" / "last.pt")
-    for key in x["model"]:
-        assert torch.equal(x["model"][key], y["model"][key]), key
-    for index, state in x["optimizer"]["state"].items():
-        for name, value in state.items():
-            assert torch.equal(value, y["optimizer"]["state"][index][name]), name
-    assert x["scheduler"] == y["scheduler"]
-    untimed = [
-        [{k: v for k, v in r.items() if not k.startswith("time/")} for r in checkpoint.history(c)]
-        for c in (x, y)
-    ]
-    assert untimed[0] == untimed[1]
-    assert (
-        json.loads((a / "metrics.json").read_text())["test"]
-        == json.loads((b / "metrics.json").read_text())["test"]
-    )
-
-
 def newest_checkpoint(run_dir: Path) -> tuple[str, int] | None:
     """(file, step) of the newest resumable checkpoint the manifest commits; None before one."""
     files = checkpoint.read_manifest(run_dir / "checkpoints")["files"]
@@ -98,7 +78,7 @@ def test_sigterm_saves_exits_143_and_resumes_exactly(tmp_path, data_dir, make_cf
 
     done = run_cli("resume", str(tmp_path / "stopped"), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert_bitwise_equal(tmp_path / "straight", tmp_path / "stopped")
+    assert_same_run(tmp_path / "straight", tmp_path / "stopped")
 
 
 def test_ten_random_sigkills_and_requeues_end_bitwise_equal(tmp_path, data_dir, make_cfg):
@@ -131,5 +111,5 @@ def test_ten_random_sigkills_and_requeues_end_bitwise_equal(tmp_path, data_dir, 
         assert (resumed and (resumed[1], int(resumed[2]))) == (saved or None), log[:300]
     assert sum(saved is not None for saved in newest) >= 5, newest
     assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
-    assert_bitwise_equal(tmp_path / "straight", run_dir)
+    assert_same_run(tmp_path / "straight", run_dir)
     assert len(list((run_dir / ".hydra").glob("attempt-*"))) == attempt - 1
