@@ -25,6 +25,9 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from trainlab import checkpoint_files
+from trainlab.parts import LoopState
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # conftest.compose_cfg: compose conf/ in-process
 
@@ -181,9 +184,10 @@ def main() -> int:
         train.run(cfg, run_dir, launch=None)
         history = json.loads((run_dir / "metrics.json").read_text())
         del history
-        from trainlab import checkpoint
 
-        records = checkpoint.history(checkpoint.load(run_dir / "checkpoints" / "last.pt"))
+        records = LoopState.from_state_dict(
+            checkpoint_files.load(run_dir / "checkpoints" / "last.pt")["loop"]
+        ).history
         return [r["time/epoch_s"] / steps for r in records]
 
     variants = {

@@ -13,7 +13,8 @@ import math
 import pytest
 import torch
 
-from trainlab import checkpoint, rundir, train
+from runs import saved_history
+from trainlab import checkpoint_files, rundir, train
 from trainlab.build import build_model
 from trainlab.cli import CONF_DIR
 
@@ -75,11 +76,11 @@ def test_every_option_trains_a_few_steps(path, make_cfg, tmp_path):
     run_dir = rundir.claim(tmp_path / "run")
     results = train.run(cfg, run_dir, launch={"overrides": [], "choices": {group: option}})
 
-    history = checkpoint.history(checkpoint.load(run_dir / "checkpoints" / "last.pt"))
+    history = saved_history(run_dir / "checkpoints" / "last.pt")
     assert results["steps"] == 3
     assert all(math.isfinite(r["train/loss"]) for r in history)
     assert all(math.isfinite(v) for v in results["test"].values())
-    final = checkpoint.load(run_dir / "checkpoints" / "last.pt")["model"]
+    final = checkpoint_files.load(run_dir / "checkpoints" / "last.pt")["model"]
     changed = [
         k for k, v in initial.items() if v.is_floating_point() and not torch.equal(v, final[k])
     ]

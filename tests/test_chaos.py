@@ -17,7 +17,7 @@ import pytest
 
 from conftest import run_cli
 from test_resume import assert_same_run
-from trainlab import checkpoint, rundir, train
+from trainlab import checkpoint_files, rundir, train
 
 pytestmark = pytest.mark.slow
 
@@ -53,7 +53,7 @@ def wait_for(
 
 def newest_checkpoint(run_dir: Path) -> tuple[str, int] | None:
     """(file, step) of the newest resumable checkpoint the manifest commits; None before one."""
-    files = checkpoint.read_manifest(run_dir / "checkpoints")["files"]
+    files = checkpoint_files.read_manifest(run_dir / "checkpoints")["files"]
     steps = [(e["step"], name) for name, e in files.items() if e.get("resumable", True)]
     return (max(steps)[1], max(steps)[0]) if steps else None
 
@@ -73,7 +73,7 @@ def test_sigterm_saves_exits_143_and_resumes_exactly(tmp_path, data_dir, make_cf
     assert stopped.wait(timeout=60) == 143
     status = json.loads((tmp_path / "stopped" / "status.json").read_text())
     assert status == status | {"status": "interrupted", "reason": "SIGTERM"}
-    manifest = checkpoint.read_manifest(tmp_path / "stopped" / "checkpoints")
+    manifest = checkpoint_files.read_manifest(tmp_path / "stopped" / "checkpoints")
     assert manifest["files"][manifest["last"]]["step"] < 8 * 36
 
     done = run_cli("resume", str(tmp_path / "stopped"), cwd=tmp_path)

@@ -3,6 +3,7 @@ loads that fall back past a bad file, refusal of anything that is not ours, full
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -18,11 +19,22 @@ import pytest
 import torch
 from torch import nn
 
-from trainlab import checkpoint
-from trainlab.checkpoint import CheckpointError, CheckpointSaveError, Policy
+from trainlab import checkpoint, checkpoint_files
+from trainlab.checkpoint_files import CheckpointError, CheckpointSaveError
+from trainlab.config import CheckpointConfig, Interval
+from trainlab.data import Split, TensorBatches
+from trainlab.distributed import World
+from trainlab.parts import LoopState, Parts, Precision
+from trainlab.tasks import Task
 
 # What torch.load(weights_only=True) reads without an allowlist (state_dict() is an OrderedDict).
 PLAIN = (dict, OrderedDict, list, tuple, str, int, float, bool, type(None), torch.Tensor)
+
+
+def Policy(keep_last: int, top_k: int) -> CheckpointConfig:
+    return CheckpointConfig(keep_last=keep_last, top_k=top_k)
+
+
 KEEP = Policy(keep_last=2, top_k=1)
 
 
@@ -46,10 +58,22 @@ def train_a_little(model, optimizer, scheduler, steps=3):
 LOOP = {"epoch": 2, "best": 0.5, "history": [{"epoch": 1, "step": 3, "val/loss": 0.7}]}
 
 
+def as_parts(model, optimizer, scheduler):
+    """The three stateful parts as the loop holds them, with a stand-in task and data."""
+    split = Split(torch.zeros(6, 4), torch.zeros(6, 3))
+    batches = TensorBatches(split, 3, False, 0)
+    return Parts(model, nn.MSELoss(), optimizer, scheduler, Interval.epoch, Task("regression", 3),
+                 batches, batches, Precision("cpu"))  # fmt: skip
+
+
 def snapshot(model, optimizer, scheduler, step=6):
-    loop = LOOP | {"step": step}
-    env = {"torch": str(torch.__version__), "num_threads": 1}
-    return checkpoint.state_dict(model, optimizer, scheduler, None, loop, "seed: 0\n", env)
+    loop = LoopState(**LOOP | {"step": step})
+    context = {"config": "seed: 0\n", "environment": {"torch": str(torch.__version__)}}
+    return checkpoint.snapshot(as_parts(model, optimizer, scheduler), loop, context)
+
+
+def save(folder, state, info, policy, best=False):
+    checkpoint_files.commit(folder, checkpoint_files.serialize(state), info, policy, best)
 
 
 def save_steps(folder, steps, best_steps=(), policy=KEEP):
@@ -57,7 +81,7 @@ def save_steps(folder, steps, best_steps=(), policy=KEEP):
     for step in steps:
         train_a_little(model, optimizer, scheduler, 1)
         info = {"epoch": 1, "step": step, "batch_in_epoch": 0, "metric": float(step)}
-        checkpoint.save(folder, snapshot(model, optimizer, scheduler, step), info, policy,
+        save(folder, snapshot(model, optimizer, scheduler, step), info, policy,
                         best=step in best_steps)  # fmt: skip
 
 
@@ -76,16 +100,16 @@ def test_round_trip_restores_every_part_and_the_random_streams(tmp_path):
     model, optimizer, scheduler = parts()
     train_a_little(model, optimizer, scheduler)
     state = snapshot(model, optimizer, scheduler)
-    checkpoint.save(tmp_path, state, {"epoch": 2, "step": 6, "metric": 0.5}, KEEP)
+    save(tmp_path, state, {"epoch": 2, "step": 6, "metric": 0.5}, KEEP)
     expected_next = (random.random(), np.random.rand(), torch.rand(3))
 
     model2, optimizer2, scheduler2 = parts(seed=1)
     random.seed(99), np.random.seed(99), torch.manual_seed(99)
-    loaded, entry = checkpoint.load_latest(tmp_path)
-    loop = checkpoint.restore(loaded, model2, optimizer2, scheduler2)
-    checkpoint.restore_rng(loaded["rng"])
+    loaded, entry = checkpoint_files.load_latest(tmp_path)
+    loop, rng = checkpoint.restore(loaded, as_parts(model2, optimizer2, scheduler2), World())
+    checkpoint.restore_rng(rng)
 
-    assert entry["name"] == "step_6.pt" and loop == LOOP | {"step": 6}
+    assert entry["name"] == "step_6.pt" and loop == LoopState(**LOOP | {"step": 6})
     for a, b in zip(model.state_dict().values(), model2.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     assert scheduler2.state_dict() == scheduler.state_dict()
@@ -110,7 +134,7 @@ def test_round_trip_restores_every_part_and_the_random_streams(tmp_path):
 def test_checkpoint_holds_only_plain_types_and_loads_with_weights_only(tmp_path):
     state = snapshot(*parts())
     assert set(walk_types(state)) <= set(PLAIN)
-    checkpoint.save(tmp_path, state, {"epoch": 2, "step": 6, "metric": None}, KEEP)
+    save(tmp_path, state, {"epoch": 2, "step": 6, "metric": None}, KEEP)
     torch.load(tmp_path / "last.pt", weights_only=True)  # no allowlist needed
 
 
@@ -123,7 +147,7 @@ def test_files_links_and_manifest(tmp_path):
     # last.pt and best.pt are the same files (hard links), not second copies.
     assert os.path.samefile(tmp_path / "last.pt", tmp_path / "step_2.pt")
     assert os.path.samefile(tmp_path / "best.pt", tmp_path / "step_1.pt")
-    assert checkpoint.load(tmp_path / "best.pt")["loop"]["step"] == 1
+    assert checkpoint_files.load(tmp_path / "best.pt")["loop"]["step"] == 1
 
 
 def test_rotation_keeps_last_best_and_top_k_and_never_touches_other_files(tmp_path):
@@ -160,7 +184,7 @@ def corrupt_flip(path):
 def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, damage, caplog):
     save_steps(tmp_path, [1, 2])
     damage(tmp_path / "step_2.pt")  # in place: last.pt is the same file, damaged too
-    ckpt, entry = checkpoint.load_latest(tmp_path)
+    ckpt, entry = checkpoint_files.load_latest(tmp_path)
     assert entry["name"] == "step_1.pt" and ckpt["loop"]["step"] == 1
     assert "step_2.pt: size or sha256 differs from manifest.json" in caplog.text
     assert "resuming from the older step_1.pt" in caplog.text
@@ -172,10 +196,10 @@ def test_a_file_the_manifest_never_committed_is_not_loaded(tmp_path, caplog):
     del manifest["files"]["step_2.pt"]  # as if the run died before committing step 2
     manifest["last"] = "step_1.pt"
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
-    _, entry = checkpoint.load_latest(tmp_path)
+    _, entry = checkpoint_files.load_latest(tmp_path)
     assert entry["name"] == "step_1.pt"
     with pytest.raises(CheckpointError, match="not a committed checkpoint"):
-        checkpoint.load(tmp_path / "step_2.pt")
+        checkpoint_files.load(tmp_path / "step_2.pt")
 
 
 def test_no_good_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
@@ -183,9 +207,9 @@ def test_no_good_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
     corrupt_half(tmp_path / "step_1.pt")
     corrupt_flip(tmp_path / "step_2.pt")
     with pytest.raises(CheckpointError, match=r"no good checkpoint to resume from .*Nothing was"):
-        checkpoint.load_latest(tmp_path)
+        checkpoint_files.load_latest(tmp_path)
     with pytest.raises(CheckpointError, match=r"manifest\.json lists none"):
-        checkpoint.load_latest(tmp_path / "empty")
+        checkpoint_files.load_latest(tmp_path / "empty")
 
 
 class RunsCode:
@@ -207,8 +231,8 @@ def test_a_pickle_with_code_is_refused_and_runs_nothing(tmp_path, caplog):
     manifest["files"]["step_2.pt"] |= {"sha256": digest, "size": len(payload)}
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(CheckpointError, match="not a trainlab checkpoint"):
-        checkpoint.load(tmp_path / "step_2.pt")
-    _, entry = checkpoint.load_latest(tmp_path)
+        checkpoint_files.load(tmp_path / "step_2.pt")
+    _, entry = checkpoint_files.load_latest(tmp_path)
     assert entry["name"] == "step_1.pt"
     assert not marker.exists()
 
@@ -216,7 +240,9 @@ def test_a_pickle_with_code_is_refused_and_runs_nothing(tmp_path, caplog):
 def test_stale_temp_files_are_swept(tmp_path):
     (tmp_path / ".step_3.pt.abc123.tmp").write_bytes(b"half a save")
     (tmp_path / "keep.tmp").write_bytes(b"not ours: no leading dot")
-    assert [p.name for p in checkpoint.sweep_temp_files(tmp_path)] == [".step_3.pt.abc123.tmp"]
+    assert [p.name for p in checkpoint_files.sweep_temp_files(tmp_path)] == [
+        ".step_3.pt.abc123.tmp"
+    ]
     assert (tmp_path / "keep.tmp").exists()
 
 
@@ -233,7 +259,7 @@ def test_a_failed_write_leaves_the_previous_checkpoint_and_no_temp_file(tmp_path
         save_steps(tmp_path, [2])
     monkeypatch.undo()
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
-    checkpoint.load_latest(tmp_path)
+    checkpoint_files.load_latest(tmp_path)
 
 
 def test_file_size_limit_in_a_child_process(tmp_path):
@@ -242,15 +268,18 @@ def test_file_size_limit_in_a_child_process(tmp_path):
     script = textwrap.dedent(f"""
         import resource, sys, torch
         from pathlib import Path
-        from trainlab import checkpoint
+        from trainlab import checkpoint_files
+        from trainlab.config import CheckpointConfig
         folder = Path({str(tmp_path)!r})
-        policy = checkpoint.Policy(keep_last=2, top_k=1)
+        policy = CheckpointConfig(keep_last=2, top_k=1)
+        def save(state, info):
+            checkpoint_files.commit(folder, checkpoint_files.serialize(state), info, policy)
         small, big = torch.zeros(1000), torch.zeros(100_000)
-        checkpoint.save(folder, {{"schema_version": 1, "w": small}}, {{"step": 1}}, policy)
+        save({{"schema_version": 1, "w": small}}, {{"step": 1}})
         resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, resource.RLIM_INFINITY))
         try:
-            checkpoint.save(folder, {{"schema_version": 1, "w": big}}, {{"step": 2}}, policy)
-        except checkpoint.CheckpointSaveError as e:
+            save({{"schema_version": 1, "w": big}}, {{"step": 2}})
+        except checkpoint_files.CheckpointSaveError as e:
             print(e)
             sys.exit(7)
     """)
@@ -258,7 +287,7 @@ def test_file_size_limit_in_a_child_process(tmp_path):
     assert done.returncode == 7, done.stderr
     assert "could not write" in done.stdout and "File too large" in done.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "manifest.json", "step_1.pt"]
-    assert checkpoint.load_latest(tmp_path)[1]["name"] == "step_1.pt"
+    assert checkpoint_files.load_latest(tmp_path)[1]["name"] == "step_1.pt"
 
 
 def test_unwrap_finds_the_plain_module():
@@ -267,3 +296,76 @@ def test_unwrap_finds_the_plain_module():
     wrapped.module = inner
     assert checkpoint.unwrap(wrapped) is inner
     assert checkpoint.unwrap(inner) is inner
+
+
+# ---- the generic round trip: everything stateful() names comes back ----
+
+
+def built(make_cfg, overrides, seed):
+    from trainlab.config import trainer_of
+    from trainlab.data import build_data
+    from trainlab.parts import build_parts
+
+    cfg = make_cfg(*overrides, f"seed={seed}")
+    trainer = trainer_of(cfg)
+    data = build_data(cfg.dataset, torch.device("cpu"))
+    return cfg, build_parts(cfg, trainer, data, torch.device("cpu"), World())
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["model=mlp"],
+        ["model=mlp", "optimizer=sgd", "scheduler=onecycle", "trainer.precision=fp16"],
+        [
+            "model=mlp",
+            "optimizer=asgd",
+            "scheduler=cosine_warm_restarts",
+            "scheduler.interval=step",
+        ],
+        ["model=mlp", "scheduler=plateau"],
+    ],
+    ids=["adam", "sgd-onecycle-fp16", "asgd-warm-restarts", "plateau"],
+)
+def test_every_stateful_part_round_trips(make_cfg, overrides):
+    """Train a step, snapshot, restore into parts built from another seed: every entry of
+    stateful() must come back equal (tensors bitwise), and the loop state with it. A part
+    added to stateful() but not restored, or saved under one name and loaded from another,
+    fails here."""
+    from test_resume import assert_equal_tree
+    from trainlab import loop
+
+    _, trained = built(make_cfg, overrides, seed=0)
+    batch = next(trained.train.epoch(0))
+    for _ in range(2):
+        _, bad = loop.train_step(trained.model, [batch], trained.loss_fn, trained.optimizer,
+                                 None, trained.precision)  # fmt: skip
+        assert bad is None
+        if trained.scheduler is not None:
+            trained.scheduler.step(*([0.5] if "plateau" in overrides[-1] else []))
+    state = LoopState(epoch=1, step=2, batch_in_epoch=1, best=0.25, best_step=2, nan_skips=1,
+                      history=[{"epoch": 1, "step": 2, "val/loss": 0.25}])  # fmt: skip
+    context = {"config": "seed: 0\n", "environment": {"torch": str(torch.__version__)}}
+    saved = torch.load(io_bytes(checkpoint.snapshot(trained, state, context)), weights_only=True)
+
+    _, fresh = built(make_cfg, overrides, seed=1)
+    before = copy.deepcopy(checkpoint.stateful(fresh)["model"].state_dict())
+    restored, rng = checkpoint.restore(saved, fresh, World())
+
+    names = checkpoint.stateful(trained)
+    assert names.keys() == checkpoint.stateful(fresh).keys()
+    for name, part in names.items():
+        other = checkpoint.stateful(fresh)[name]
+        assert (part is None) == (other is None), name
+        if part is not None:
+            assert_equal_tree(part.state_dict(), other.state_dict(), name)
+    # The fresh parts really were different before the restore (the test can fail).
+    with pytest.raises(AssertionError):
+        assert_equal_tree(names["model"].state_dict(), before, "model")
+    assert restored == state and rng is not None
+
+
+def io_bytes(snapshot):
+    import io
+
+    return io.BytesIO(checkpoint_files.serialize(snapshot))

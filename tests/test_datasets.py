@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainlab import checkpoint, rundir, synthetic, train
+from trainlab import checkpoint_files, rundir, synthetic, train
 from trainlab.data import LoaderBatches, build_data
 from trainlab.datasets import cifar10, csv_table, mnist
 from trainlab.errors import DataError
@@ -148,6 +148,6 @@ def test_an_image_folder_run_with_workers_equals_one_without(make_cfg, tmp_path)
         cfg = make_cfg(*common, f"dataset.num_workers={workers}")
         run_dir = rundir.claim(tmp_path / f"w{workers}")
         train.run(cfg, run_dir, launch=None)
-        weights.append(checkpoint.load(run_dir / "checkpoints" / "last.pt")["model"])
+        weights.append(checkpoint_files.load(run_dir / "checkpoints" / "last.pt")["model"])
     for key in weights[0]:
         assert torch.equal(weights[0][key], weights[1][key]), key

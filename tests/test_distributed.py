@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 from conftest import run_cli
 from test_chaos import wait_for
 from test_resume import assert_same_run
-from trainlab import checkpoint, config, distributed, rundir, train
+from trainlab import checkpoint_files, config, distributed, rundir, train
 from trainlab.data import Shard
 from trainlab.errors import ConfigError
 
@@ -72,11 +72,11 @@ def test_two_ranks_train_like_one_process_into_one_folder(tmp_path, data_dir, ma
     (two,) = runs
     assert len(list((two / "tb").iterdir())) == 1
     assert not list(tmp_path.glob("outputs")) and not list(tmp_path.glob(".hydra"))
-    manifest = checkpoint.read_manifest(two / "checkpoints")
+    manifest = checkpoint_files.read_manifest(two / "checkpoints")
     assert manifest["files"][manifest["last"]]["step"] == 3 * 57
 
-    a = checkpoint.load(one / "checkpoints" / "last.pt")["model"]
-    b = checkpoint.load(two / "checkpoints" / "last.pt")["model"]
+    a = checkpoint_files.load(one / "checkpoints" / "last.pt")["model"]
+    b = checkpoint_files.load(two / "checkpoints" / "last.pt")["model"]
     for key in a:
         assert torch.allclose(a[key], b[key], rtol=0, atol=1e-6), key
     reports = rank_lines(done.stdout)
@@ -109,7 +109,7 @@ def test_sigterm_to_the_group_then_two_ranks_resume_bitwise(tmp_path, data_dir):
     output = proc.communicate(timeout=120)[0]
     status = json.loads((stopped / "status.json").read_text())
     assert status == status | {"status": "interrupted", "reason": "SIGTERM"}, output
-    manifest = checkpoint.read_manifest(stopped / "checkpoints")
+    manifest = checkpoint_files.read_manifest(stopped / "checkpoints")
     # Progress lines name the epoch at its log points, so it stopped somewhere past epoch 1.
     assert 57 < manifest["files"][manifest["last"]]["step"] < 10 * 57
 

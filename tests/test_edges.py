@@ -22,7 +22,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import files
 from conftest import run_cli
-from trainlab import checkpoint, cli, lock, loop, rundir, sweep, train
+from trainlab import checkpoint_files, cli, lock, loop, results, rundir, sweep, train
 from trainlab.errors import DataError, RecordWriteError
 
 RUN = ["model=mlp", "model.dropout=0.3", "trainer.num_threads=1", "trainer.log_every_n_steps=7"]
@@ -35,8 +35,8 @@ def straight(make_cfg, run_dir: Path, *overrides: str) -> Path:
 
 
 def assert_same_weights(a: Path, b: Path) -> None:
-    x = checkpoint.load(a / "checkpoints" / "last.pt")["model"]
-    y = checkpoint.load(b / "checkpoints" / "last.pt")["model"]
+    x = checkpoint_files.load(a / "checkpoints" / "last.pt")["model"]
+    y = checkpoint_files.load(b / "checkpoints" / "last.pt")["model"]
     assert x.keys() == y.keys()
     for key in x:
         assert torch.equal(x[key], y[key]), key
@@ -129,10 +129,10 @@ def test_two_trains_into_one_named_folder_at_once(tmp_path, data_dir):
     (ok, ok_err), (refused, refused_err) = outcomes
     assert (ok, refused) == (0, 2), ok_err + refused_err
     assert "in use by pid" in refused_err or "holds a run already" in refused_err
-    manifest = checkpoint.read_manifest(run_dir / "checkpoints")
+    manifest = checkpoint_files.read_manifest(run_dir / "checkpoints")
     assert manifest["files"]
     for name in manifest["files"]:
-        checkpoint.load(run_dir / "checkpoints" / name)  # size and sha256 verified
+        checkpoint_files.load(run_dir / "checkpoints" / name)  # size and sha256 verified
     record = json.loads((run_dir / "run.json").read_text())
     assert len(record["attempts"]) == 1 and status(run_dir)["status"] == "completed"
 
@@ -215,7 +215,7 @@ def test_a_run_stopped_before_its_first_checkpoint_starts_over_in_place_exactly(
         train.run(make_cfg(*RUN, "trainer.max_epochs=2"), run_dir, launch=None)
     assert stop.value.code == 143
     assert status(run_dir)["status"] == "interrupted"
-    assert not checkpoint.has_checkpoint(run_dir / "checkpoints")
+    assert not checkpoint_files.has_checkpoint(run_dir / "checkpoints")
     monkeypatch.setattr(train, "preflight", real)
     # trainer.resume=auto (a requeued job) starts it over in place, to the same numbers.
     assert cli.main(auto(run_dir, data_dir, "trainer.max_epochs=2")) == 0
@@ -265,13 +265,13 @@ def test_config_yaml_survives_a_full_disk_on_a_resume_with_changes(
 
 def test_status_json_survives_a_full_disk_at_the_end(make_cfg, tmp_path, monkeypatch, capsys):
     run_dir = rundir.claim(tmp_path / "run")
-    real = train._record_results
+    real = results.record_results
 
     def full_from_here(*args):
         disk_full_for(monkeypatch, "metrics.json", "status.json")
         return real(*args)
 
-    monkeypatch.setattr(train, "_record_results", full_from_here)
+    monkeypatch.setattr(results, "record_results", full_from_here)
     with pytest.raises(RecordWriteError, match=r"could not write .*metrics.json"):
         train.run(make_cfg(*RUN, "trainer.max_epochs=1"), run_dir, launch=None)
     assert status(run_dir)["status"] == "running"  # the previous version, whole
@@ -311,7 +311,7 @@ PHASES = {
     # where the signal arrives: which function sends it on its first call
     "start-up": (train, "preflight"),
     "validation": (loop, "evaluate"),
-    "final test": (train, "evaluate"),
+    "final test": (results, "evaluate"),
 }
 
 
@@ -340,7 +340,7 @@ def test_a_signal_in_any_phase_is_recorded_and_the_run_resumes_exactly(
     assert status(run_dir)["status"] == "interrupted"
     assert not (run_dir / "metrics.json").exists()  # a test cut short records nothing
     if phase == "start-up":  # stopped before training: nothing trained, nothing saved
-        assert not checkpoint.read_manifest(run_dir / "checkpoints")["files"]
+        assert not checkpoint_files.read_manifest(run_dir / "checkpoints")["files"]
     monkeypatch.setattr(module, name, real)
     assert train.resume(run_dir, [], [], argv=[]) == 0
     assert status(run_dir)["status"] == "completed"
@@ -383,13 +383,13 @@ def test_sighup_during_the_real_start_up_then_resume(tmp_path, data_dir):
 def test_a_signal_between_sweep_jobs_ends_the_sweep_and_the_sweep_continues(
     tmp_path, data_dir, monkeypatch
 ):
-    real = train._print_summary
+    real = results.print_summary
 
     def then_a_signal(*args):  # job 0 has finished and recorded everything
         real(*args)
         os.kill(os.getpid(), signal.SIGTERM)
 
-    monkeypatch.setattr(train, "_print_summary", then_a_signal)
+    monkeypatch.setattr(results, "print_summary", then_a_signal)
     args = ["train", "-m", f"paths.output_dir={tmp_path / 'out'}", *cli_args(data_dir),
             "trainer.max_epochs=1", "seed=0,1,2"]  # fmt: skip
     assert cli.main(args) == 143
@@ -397,7 +397,7 @@ def test_a_signal_between_sweep_jobs_ends_the_sweep_and_the_sweep_continues(
     jobs = sorted(p for p in sweep_dir.iterdir() if p.is_dir())
     assert [status(j)["status"] for j in jobs] == ["completed", "interrupted"]
     assert status(jobs[1])["reason"] == "SIGTERM"
-    monkeypatch.setattr(train, "_print_summary", real)
+    monkeypatch.setattr(results, "print_summary", real)
     assert cli.main([*args, f"hydra.sweep.dir={sweep_dir}", "trainer.resume=auto"]) == 0
     jobs = sorted(p for p in sweep_dir.iterdir() if p.is_dir())
     assert [status(j)["status"] for j in jobs] == ["completed"] * 3
@@ -410,14 +410,14 @@ def test_a_signal_between_sweep_jobs_ends_the_sweep_and_the_sweep_continues(
 def test_with_on_error_continue_the_test_and_summary_name_the_checkpoint_that_exists(
     make_cfg, tmp_path, monkeypatch, capsys
 ):
-    real = checkpoint.commit
+    real = checkpoint_files.commit
 
     def best_fails_after_epoch_1(ckpt_dir, payload, info, policy, best=False, best_payload=None):
         if best and info["epoch"] > 1:
-            raise checkpoint.CheckpointSaveError("could not write best (disk full?)")
+            raise checkpoint_files.CheckpointSaveError("could not write best (disk full?)")
         return real(ckpt_dir, payload, info, policy, best, best_payload)
 
-    monkeypatch.setattr(checkpoint, "commit", best_fails_after_epoch_1)
+    monkeypatch.setattr(checkpoint_files, "commit", best_fails_after_epoch_1)
     cfg = make_cfg(*RUN, "trainer.max_epochs=4", "trainer.checkpoint.on_error=continue",
                    "trainer.early_stopping.patience=null")  # fmt: skip
     run_dir = rundir.claim(tmp_path / "run")

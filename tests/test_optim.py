@@ -11,7 +11,8 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.optim import lr_scheduler
 
-from trainlab import checkpoint, rundir, train
+from runs import saved_history
+from trainlab import checkpoint_files, rundir, train
 from trainlab.build import build_model, build_optimizer
 from trainlab.cli import CONF_DIR
 from trainlab.data import build_data, epoch_order
@@ -71,7 +72,7 @@ def test_each_optimizer_matches_a_hand_written_loop(path, make_cfg, tmp_path):
             closure()
             optimizer.step()
 
-    trained = checkpoint.load(run_dir / "checkpoints" / "last.pt")["model"]
+    trained = checkpoint_files.load(run_dir / "checkpoints" / "last.pt")["model"]
     for key, value in model.state_dict().items():
         assert torch.equal(trained[key], value), key
 
@@ -103,7 +104,7 @@ def test_each_scheduler_traces_the_lr_torch_gives_by_hand(path, make_cfg, tmp_pa
     acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
     acc.Reload()
     traced = [(e.step, e.value) for e in acc.Scalars("lr/group0")]
-    history = checkpoint.history(checkpoint.load(run_dir / "checkpoints" / "last.pt"))
+    history = saved_history(run_dir / "checkpoints" / "last.pt")
 
     # By hand: torch's scheduler on a bare SGD, stepped as its docs describe.
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.optimizer.lr)
@@ -167,7 +168,7 @@ def test_lbfgs_reaches_the_least_squares_optimum(make_cfg, tmp_path):
     data = build_data(cfg.dataset, torch.device("cpu"))
     x = torch.cat([data.train.x, torch.ones(len(data.train), 1)], 1).double()
     solution = torch.linalg.lstsq(x, data.train.y.double()).solution
-    weights = checkpoint.load(run_dir / "checkpoints" / "last.pt")["model"]
+    weights = checkpoint_files.load(run_dir / "checkpoints" / "last.pt")["model"]
     fitted = torch.cat([weights["head.weight"].T, weights["head.bias"][None]]).double()
     assert torch.allclose(fitted, solution, atol=1e-4)
     assert results["final"]["val/rmse"] < 1e-3
@@ -178,8 +179,8 @@ def test_asgd_validates_tests_and_keeps_the_averaged_weights(make_cfg, tmp_path)
         make_cfg, tmp_path, "optimizer=asgd", "optimizer.t0=5", "model=mlp",
         "trainer.max_epochs=1",
     )  # fmt: skip
-    last = checkpoint.load(run_dir / "checkpoints" / "last.pt")
-    best = checkpoint.load(run_dir / "checkpoints" / "best.pt")
+    last = checkpoint_files.load(run_dir / "checkpoints" / "last.pt")
+    best = checkpoint_files.load(run_dir / "checkpoints" / "best.pt")
     names = list(last["model"])  # the MLP has parameters only, in optimizer order
     ax = [last["optimizer"]["state"][i]["ax"] for i in range(len(names))]
     for name, average in zip(names, ax, strict=True):
@@ -262,8 +263,8 @@ def test_accumulating_two_half_batches_equals_one_full_batch(make_cfg, tmp_path)
         name="halves",
     )  # fmt: skip
     assert results["steps"] == 10
-    a = checkpoint.load(full / "checkpoints" / "last.pt")["model"]
-    b = checkpoint.load(halves / "checkpoints" / "last.pt")["model"]
+    a = checkpoint_files.load(full / "checkpoints" / "last.pt")["model"]
+    b = checkpoint_files.load(halves / "checkpoints" / "last.pt")["model"]
     for key in a:
         assert torch.allclose(a[key], b[key], atol=1e-6), key
     assert json.loads((halves / "metrics.json").read_text())["steps"] == 10

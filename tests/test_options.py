@@ -11,8 +11,9 @@ import re
 import pytest
 import torch
 
+from runs import saved_history
 from test_resume import poison_training_forward
-from trainlab import checkpoint, rundir, train
+from trainlab import checkpoint_files, rundir, train
 from trainlab.errors import Diverged
 
 MLP = ["model=mlp", "model.dropout=0.0"]
@@ -25,7 +26,7 @@ def trained(make_cfg, tmp_path, name: str, *overrides: str):
 
 
 def weights(run_dir) -> torch.Tensor:
-    model = checkpoint.load(run_dir / "checkpoints" / "last.pt")["model"]
+    model = checkpoint_files.load(run_dir / "checkpoints" / "last.pt")["model"]
     return torch.cat([v.flatten() for v in model.values()])
 
 
@@ -46,7 +47,7 @@ def test_min_delta_decides_what_counts_as_an_improvement(make_cfg, tmp_path):
     common = ["trainer.max_epochs=4", "trainer.early_stopping.patience=1"]
     _, strict = trained(make_cfg, tmp_path, "strict", *common,
                         "trainer.early_stopping.min_delta=0.5")  # fmt: skip
-    history = checkpoint.history(checkpoint.load(tmp_path / "strict" / "checkpoints" / "last.pt"))
+    history = saved_history(tmp_path / "strict" / "checkpoints" / "last.pt")
     assert history[1]["val/acc"] > history[0]["val/acc"]  # better, but not by 0.5
     assert strict["stopped_early"] and strict["epochs"] == 2 and strict["best"]["epoch"] == 1
 
@@ -56,10 +57,10 @@ def test_validation_and_checkpoints_follow_their_cadence(make_cfg, tmp_path):
         make_cfg, tmp_path, "run", "trainer.max_epochs=4", "trainer.val_every_epochs=2",
         "trainer.checkpoint.every_n_epochs=2", "trainer.checkpoint.keep_last=5",
     )  # fmt: skip
-    history = checkpoint.history(checkpoint.load(run_dir / "checkpoints" / "last.pt"))
+    history = saved_history(run_dir / "checkpoints" / "last.pt")
     validated = [r["epoch"] for r in history if "val/acc" in r]
     assert validated == [2, 4] and len(history) == 4
-    manifest = checkpoint.read_manifest(run_dir / "checkpoints")
+    manifest = checkpoint_files.read_manifest(run_dir / "checkpoints")
     assert sorted(e["step"] for e in manifest["files"].values()) == [72, 144]
     assert results["best"]["epoch"] in (2, 4)
 

@@ -8,9 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from trainlab import checkpoint, loop, rundir, train
+from trainlab import checkpoint_files, loop, rundir, train
 from trainlab.errors import ConfigError, Diverged
-from trainlab.loop import Precision, train_step
+from trainlab.loop import train_step
+from trainlab.parts import Precision
 
 
 def run(make_cfg, tmp_path, *overrides, name="run"):
@@ -41,7 +42,7 @@ def test_fp16_trains_checkpoints_its_grad_scaler_and_resumes_exactly(
               "trainer.checkpoint.every_n_steps=10"]  # fmt: skip
     straight, results = run(make_cfg, tmp_path, *common, name="straight")
     assert results["final"]["val/acc"] > 0.2
-    saved = checkpoint.load(straight / "checkpoints" / "last.pt")
+    saved = checkpoint_files.load(straight / "checkpoints" / "last.pt")
     assert saved["grad_scaler"]["scale"] > 0 and saved["environment"]["precision"] == "fp16"
 
     real, calls = loop.train_step, []
@@ -58,8 +59,8 @@ def test_fp16_trains_checkpoints_its_grad_scaler_and_resumes_exactly(
         train.run(make_cfg(*common), crashed, launch=None)
     monkeypatch.undo()
     assert train.resume(crashed, [], [], argv=[]) == 0
-    a = checkpoint.load(straight / "checkpoints" / "last.pt")
-    b = checkpoint.load(crashed / "checkpoints" / "last.pt")
+    a = checkpoint_files.load(straight / "checkpoints" / "last.pt")
+    b = checkpoint_files.load(crashed / "checkpoints" / "last.pt")
     assert a["grad_scaler"] == b["grad_scaler"]
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
@@ -139,7 +140,7 @@ def test_compile_trains_and_checkpoints_the_plain_module(make_cfg, tmp_path, mon
     assert trained == ["OptimizedModule"] * 3
     assert counters["stats"]["unique_graphs"] >= 1 and counters["aot_autograd"]["ok"] >= 1
     assert not counters["graph_break"], dict(counters["graph_break"])
-    saved = checkpoint.load(run_dir / "checkpoints" / "last.pt")
+    saved = checkpoint_files.load(run_dir / "checkpoints" / "last.pt")
     assert not any("_orig_mod" in key for key in saved["model"])
     assert set(saved["model"]) == {"hidden.0.0.weight", "hidden.0.0.bias", "hidden.1.0.weight",
                                    "hidden.1.0.bias", "head.weight", "head.bias"}  # fmt: skip
@@ -148,14 +149,14 @@ def test_compile_trains_and_checkpoints_the_plain_module(make_cfg, tmp_path, mon
 
 def defer_the_nan_check(monkeypatch):
     """What a GPU run does: check the loss at log points and before saves, not every step."""
-    real = train._build_parts
+    real = train.build_parts
 
     def build(*args, **kwargs):
         parts = real(*args, **kwargs)
         parts.check_every_step = False
         return parts
 
-    monkeypatch.setattr(train, "_build_parts", build)
+    monkeypatch.setattr(train, "build_parts", build)
 
 
 @pytest.mark.parametrize(("log_every", "caught_at"), [(5, "up to 50"), (20, "before step 50")])
@@ -174,7 +175,7 @@ def test_without_a_per_step_check_a_nan_is_caught_before_it_is_saved(
     run_dir = rundir.claim(tmp_path / "run")
     with pytest.raises(Diverged, match=caught_at):
         train.run(make_cfg(*cfg), run_dir, launch=None)
-    ckpt, entry = checkpoint.load_latest(run_dir / "checkpoints")
+    ckpt, entry = checkpoint_files.load_latest(run_dir / "checkpoints")
     assert entry["step"] == 40
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
 

@@ -28,7 +28,7 @@ import pytest
 
 import files
 from conftest import REPO
-from trainlab import checkpoint, cli, loop
+from trainlab import checkpoint_files, cli, loop
 
 pytestmark = pytest.mark.slow
 
@@ -362,7 +362,7 @@ def _assert_resumed(run_dir: Path) -> None:
     attempts = json.loads((run_dir / "run.json").read_text())["attempts"]
     assert [a.get("resumed_from") for a in attempts] == [None, "step_2.pt"], attempts
     assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
-    manifest = checkpoint.read_manifest(run_dir / "checkpoints")
+    manifest = checkpoint_files.read_manifest(run_dir / "checkpoints")
     assert manifest["files"][manifest["last"]]["step"] > 2  # it trained on
 
 

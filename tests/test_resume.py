@@ -11,7 +11,8 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from trainlab import checkpoint, loop, rundir, train
+from runs import csv_rows, csv_scalars, saved_history
+from trainlab import checkpoint, checkpoint_files, loop, parts, rundir, train
 from trainlab.errors import Diverged
 
 PATHS = {
@@ -33,7 +34,7 @@ def untimed(history: list[dict]) -> list[dict]:
 
 
 def final(run_dir):
-    ckpt = checkpoint.load(run_dir / "checkpoints" / "last.pt")
+    ckpt = checkpoint_files.load(run_dir / "checkpoints" / "last.pt")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     return ckpt, metrics
 
@@ -74,8 +75,8 @@ def assert_same_run(a_dir, b_dir):
         assert_equal_tree(a[key], b[key], f"last.pt {key}")
     loop_a, loop_b = ({k: v for k, v in c["loop"].items() if k != "history"} for c in (a, b))
     assert_equal_tree(untimed_tree(loop_a), untimed_tree(loop_b), "last.pt loop")
-    assert untimed(checkpoint.history(a)) == untimed(checkpoint.history(b))
-    best_a, best_b = (checkpoint.load(d / "checkpoints" / "best.pt") for d in (a_dir, b_dir))
+    assert untimed(saved_history(a)) == untimed(saved_history(b))
+    best_a, best_b = (checkpoint_files.load(d / "checkpoints" / "best.pt") for d in (a_dir, b_dir))
     for key in ("model", "optimizer", "rng"):
         assert_equal_tree(best_a[key], best_b[key], f"best.pt {key}")
     assert untimed_tree(ma) == untimed_tree(mb)
@@ -83,6 +84,12 @@ def assert_same_run(a_dir, b_dir):
     assert tb_a.keys() == tb_b.keys() and {"train/loss", "val/acc", "test/acc"} <= tb_a.keys()
     for tag in tb_a:
         assert tb_a[tag] == tb_b[tag], tag
+    # metrics.csv: the same points as the events, in the resumed run too (no step twice, none
+    # missing: its rows are cut at the checkpoint as the events are purged).
+    for run_dir, tb in ((a_dir, tb_a), (b_dir, tb_b)):
+        assert csv_scalars(run_dir) == tb, f"{run_dir.name}: metrics.csv differs from tb/"
+        steps = [int(r["step"]) for r in csv_rows(run_dir)[1]]
+        assert steps == sorted(set(steps)), f"{run_dir.name}: metrics.csv repeats a step"
 
 
 def tb_scalars(run_dir) -> dict[str, list[tuple[int, float]]]:
@@ -150,7 +157,7 @@ def test_resume_matrix(path, position, make_cfg, tmp_path, tmp_path_factory, mon
     if how == "signal":
         assert info.value.code == 143 and status["reason"] == "SIGTERM"
         assert (
-            checkpoint.read_manifest(run_dir / "checkpoints")["last"]
+            checkpoint_files.read_manifest(run_dir / "checkpoints")["last"]
             == f"step_{straight['steps_per_epoch'] + 2}.pt"
         )
     else:
@@ -188,7 +195,7 @@ def test_a_corrupt_newest_checkpoint_resumes_from_the_one_before_exactly(
     with pytest.raises(SystemExit):
         train.run(cfg, run_dir, launch=None)
     monkeypatch.undo()
-    newest = checkpoint.read_manifest(run_dir / "checkpoints")["last"]
+    newest = checkpoint_files.read_manifest(run_dir / "checkpoints")["last"]
     path = run_dir / "checkpoints" / newest
     path.write_bytes(path.read_bytes()[:100])
     assert train.resume(run_dir, [], [], argv=["trainlab", "resume"]) == 0
@@ -241,7 +248,7 @@ def test_a_nan_stops_the_run_before_the_step_and_keeps_the_last_good_checkpoint(
         train.run(cfg, run_dir, launch=None)
     assert info.value.exit_code == 3
     assert json.loads((run_dir / "status.json").read_text())["status"] == "diverged"
-    ckpt, entry = checkpoint.load_latest(run_dir / "checkpoints")
+    ckpt, entry = checkpoint_files.load_latest(run_dir / "checkpoints")
     assert entry["step"] == 40
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
 
@@ -251,14 +258,14 @@ def test_nan_policy_skip_skips_the_step_and_counts_it(make_cfg, tmp_path, monkey
     cfg = make_cfg("model=mlp", "trainer.nan_policy=skip", "trainer.max_epochs=2")
     results = train.run(cfg, rundir.claim(tmp_path / "run"), launch=None)
     assert results["steps"] == 2 * 36 - 1  # one batch did not become a step
-    ckpt = checkpoint.load(tmp_path / "run" / "checkpoints" / "last.pt")
+    ckpt = checkpoint_files.load(tmp_path / "run" / "checkpoints" / "last.pt")
     assert ckpt["loop"]["nan_skips"] == 1
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
 
 
 def poison_training_forward(monkeypatch, at_call: int):
     """The model returns NaN on its at_call-th forward pass in training mode."""
-    real_build, calls = train.build_model, []
+    real_build, calls = parts.build_model, []
 
     def build(cfg):
         model = real_build(cfg)
@@ -273,31 +280,31 @@ def poison_training_forward(monkeypatch, at_call: int):
         model.register_forward_hook(hook)
         return model
 
-    monkeypatch.setattr(train, "build_model", build)
+    monkeypatch.setattr(parts, "build_model", build)
 
 
 @pytest.mark.parametrize("on_error", ["stop", "continue"])
 def test_a_failed_save_stops_or_continues_and_keeps_the_previous_checkpoint(
     make_cfg, tmp_path, monkeypatch, on_error
 ):
-    real = checkpoint.write_atomic
+    real = checkpoint_files.write_atomic
 
     def full_disk_from_epoch_2(path, payload, **kwargs):
         if path.name == "step_72.pt":
             raise OSError(28, "No space left on device")
         return real(path, payload, **kwargs)
 
-    monkeypatch.setattr(checkpoint, "write_atomic", full_disk_from_epoch_2)
+    monkeypatch.setattr(checkpoint_files, "write_atomic", full_disk_from_epoch_2)
     cfg = make_cfg("model=mlp", "trainer.max_epochs=3", f"trainer.checkpoint.on_error={on_error}")
     run_dir = rundir.claim(tmp_path / "run")
     if on_error == "stop":
         with pytest.raises(
-            checkpoint.CheckpointSaveError, match=r"step_72\.pt \(No space left on device\)"
+            checkpoint_files.CheckpointSaveError, match=r"step_72\.pt \(No space left on device\)"
         ):
             train.run(cfg, run_dir, launch=None)
         status = json.loads((run_dir / "status.json").read_text())
         assert status["status"] == "failed" and "No space left on device" in status["reason"]
-        assert checkpoint.load_latest(run_dir / "checkpoints")[1]["step"] == 36
+        assert checkpoint_files.load_latest(run_dir / "checkpoints")[1]["step"] == 36
     else:
         results = train.run(cfg, run_dir, launch=None)
         assert results["epochs"] == 3
@@ -358,5 +365,5 @@ def test_an_allowed_optimizer_change_takes_effect_over_the_saved_state(make_cfg,
     train.run(make_cfg("model=mlp", "trainer.max_epochs=1"), run_dir, launch=None)
     overrides = ["trainer.max_epochs=2", "optimizer.lr=0.1"]
     assert train.resume(run_dir, overrides, ["optimizer.lr"], argv=[]) == 0
-    groups = checkpoint.load(run_dir / "checkpoints" / "last.pt")["optimizer"]["param_groups"]
+    groups = checkpoint_files.load(run_dir / "checkpoints" / "last.pt")["optimizer"]["param_groups"]
     assert [g["lr"] for g in groups] == [0.1]

@@ -21,7 +21,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from conftest import TINY
-from trainlab import rundir, sweep, train
+from trainlab import checkpoint_files, rundir, sweep, train
 
 pytestmark = pytest.mark.slow
 
@@ -213,7 +213,7 @@ def test_report_shows_unfinished_runs_from_their_checkpoints_and_sorts_descendin
     make_cfg, tmp_path, capsys, monkeypatch
 ):
     from test_resume import interrupt_at, poison_training_forward
-    from trainlab import checkpoint, cli
+    from trainlab import cli
 
     root = tmp_path / "runs"
     short = ["model=mlp", "trainer.max_epochs=3"]
@@ -245,7 +245,7 @@ def test_report_shows_unfinished_runs_from_their_checkpoints_and_sorts_descendin
     assert rows["killed"][2] == "interrupted: the process is gone (killed?)"
     assert rows["diverged"][2].startswith("diverged: train/loss is nan at step 10")
     # The stopped run: its best checkpoint's value and its last checkpoint's epoch (2).
-    manifest = checkpoint.read_manifest(root / "stopped" / "checkpoints")
+    manifest = checkpoint_files.read_manifest(root / "stopped" / "checkpoints")
     best = manifest["files"][manifest["best"]]["metric"]
     assert float(rows["stopped"][3]) == pytest.approx(best, abs=5e-5)
     assert rows["stopped"][6] == rows["killed"][6] == "2" and rows["stopped"][4:6] == ["", ""]

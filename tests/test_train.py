@@ -13,7 +13,8 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from trainlab import checkpoint, rundir, train
+from runs import saved_history
+from trainlab import rundir, train
 from trainlab.errors import ConfigError, DataError, Diverged
 
 LAUNCH = {"overrides": ["optimizer.lr=0.01"], "choices": {"model": "cnn1d", "optimizer": "adam"}}
@@ -50,7 +51,7 @@ def test_a_run_writes_every_output(make_cfg, tmp_path):
     assert saved == json.loads(json.dumps(results))
     assert saved["epochs"] == 2 and 0.0 <= saved["test"]["test/acc"] <= 1.0
     assert saved["best"]["val/acc"] == max(
-        r["val/acc"] for r in checkpoint.history(checkpoint.load(run_dir / "checkpoints/last.pt"))
+        r["val/acc"] for r in saved_history(run_dir / "checkpoints/last.pt")
     )
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
         "best.pt", "last.pt", "manifest.json", "step_36.pt", "step_72.pt",

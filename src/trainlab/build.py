@@ -122,7 +122,7 @@ def instantiate_node(cfg: DictConfig | dict[str, Any], key: str, **kwargs: Any) 
         cause = e.__cause__ or e
         if isinstance(cause, TrainlabError):
             raise cause from None
-        target = cfg.get("_target_", "")
+        target = cfg["_target_"]  # a node without one builds nothing, so never fails here
         raise ConfigError(
             _unexpected_key(key, target, cause)
             or f"{key}: cannot build it from the config: {cause}"

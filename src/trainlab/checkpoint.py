@@ -1,48 +1,39 @@
-"""Checkpoints: the one dict a run saves, how it is written (atomically, hashed in a manifest)
-and how it is read back. What is saved and what resume restores sit side by side here.
+"""The state round trip: what a checkpoint saves and what resume restores, side by side.
+
+stateful(parts) names every part that has state; snapshot() builds the one checkpoint dict
+from them, the loop state, the random streams and the run's context; restore() undoes exactly
+that. Adding a stateful part (an EMA, a second model) is one entry in stateful(), and
+tests/test_checkpoint.py's round trip fails until restore brings it back. The files
+themselves (atomic write, manifest, rotation) are checkpoint_files.py's.
 
 The dict holds tensors and plain containers only, so torch.load(weights_only=True) reads it
-with no allowlist; a file that is anything else is refused, never unpickled.
+with no allowlist.
 """
 
 from __future__ import annotations
 
-import errno
-import hashlib
-import io
-import json
 import logging
 import math
-import os
-import queue
 import random
-import threading
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+import time
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch import nn
-from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LRScheduler
 
-from trainlab import rundir
-from trainlab.errors import TrainlabError
-from trainlab.rundir import write_atomic
+from trainlab import distributed, tasks
+from trainlab.checkpoint_files import SCHEMA_VERSION, Saver, serialize
+from trainlab.errors import Diverged
+from trainlab.parts import LoopState, Parts, eval_weights
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
-MANIFEST = "manifest.json"
 
+class Stateful(Protocol):
+    def state_dict(self) -> dict[str, Any]: ...
 
-class CheckpointError(TrainlabError):
-    """A checkpoint is missing, corrupt, or not one of ours."""
-
-
-class CheckpointSaveError(TrainlabError):
-    """Writing a checkpoint failed (disk full, file too large); the previous ones are intact."""
+    def load_state_dict(self, state: dict[str, Any]) -> Any: ...
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -56,82 +47,121 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
-# ---- what is saved, and what resume restores ----
+def stateful(parts: Parts) -> dict[str, Stateful | None]:
+    """Every part a checkpoint holds, by name (None: this run has no such part)."""
+    return {
+        "model": unwrap(parts.model),  # the plain module: loadable without DDP or compile
+        "optimizer": parts.optimizer,
+        "scheduler": parts.scheduler,
+        "grad_scaler": parts.precision.scaler,
+    }
 
 
-def state_dict(
-    model: nn.Module,
-    optimizer: Optimizer,
-    scheduler: LRScheduler | None,
-    scaler: torch.amp.GradScaler | None,
-    loop: dict[str, Any],
-    config: str,
-    environment: dict[str, Any],
-    ranks: list[dict[str, Any]] | None = None,
+def snapshot(
+    parts: Parts,
+    state: LoopState,
+    context: dict[str, Any],
+    sums: dict[str, tasks.Sums] | None = None,
 ) -> dict[str, Any]:
-    """The checkpoint dict. `config` is the resolved config as YAML text: one string pickles
-    in microseconds where a nested dict takes milliseconds (torch.save calls back into Python
-    for every object), and this runs at every save; the per-epoch history is packed into one
-    tensor for the same reason. Under DDP, `ranks` holds each rank's random streams and
-    running sums (rank 0's are also the top-level ones)."""
+    """The checkpoint dict. `sums` are the epoch's and the log
+    interval's running sums of a save in the middle of an epoch. `context` holds the resolved
+    config as YAML text (one string pickles in microseconds where a nested dict takes
+    milliseconds, at every save) and the environment. Under DDP every rank must call this:
+    it gathers each rank's random streams and running sums, for an exact resume of each."""
+    loop = state.state_dict()
+    if sums is not None:
+        partial = {k: tasks.state(parts.task, v) for k, v in sums.items()}
+        # Never save what a NaN step may have touched (on any rank).
+        bad = not parts.check_every_step and any(
+            not math.isfinite(float(part["loss"])) for part in partial.values()
+        )
+        if distributed.any_rank(bad, parts.train.device):
+            raise Diverged(
+                f"train/loss became NaN or Inf before step {state.step}; the last good "
+                "checkpoint is kept"
+            )
+        loop["partial_sums"] = partial
+    ranks = None
+    if distributed.active():
+        ranks = distributed.gather_objects(
+            {"rng": capture_rng(), "partial_sums": loop["partial_sums"]}
+        )
+    parts_state = {
+        name: part.state_dict() if part is not None else None
+        for name, part in stateful(parts).items()
+    }
     return {
         "schema_version": SCHEMA_VERSION,
-        "model": unwrap(model).state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "grad_scaler": scaler.state_dict() if scaler is not None else None,
-        "loop": loop | {"history": pack_history(loop["history"])},
+        **parts_state,
+        "loop": loop,
         "rng": capture_rng(),
-        "config": config,
-        "environment": environment,
-        "ranks": ranks,
+        "config": context["config"],
+        "environment": context["environment"],
+        "ranks": ranks,  # rank 0's are also the top-level ones
     }
 
 
 def restore(
-    ckpt: dict[str, Any],
-    model: nn.Module,
-    optimizer: Optimizer,
-    scheduler: LRScheduler | None,
-    scaler: torch.amp.GradScaler | None = None,
-) -> dict[str, Any]:
-    """Load every stateful part from `ckpt` and return the loop state. The random streams are
-    not restored here: the caller restores ckpt["rng"] with restore_rng as the very last thing
-    before training continues, after the data has been fast-forwarded, so that nothing in
-    between can draw from them."""
-    unwrap(model).load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    if scheduler is not None:
-        scheduler.load_state_dict(ckpt["scheduler"])
-    if scaler is not None:
-        scaler.load_state_dict(ckpt["grad_scaler"])
-    return ckpt["loop"] | {"history": unpack_history(ckpt["loop"]["history"])}
+    saved: dict[str, Any], parts: Parts, world: distributed.World
+) -> tuple[LoopState, dict[str, Any] | None]:
+    """Load every stateful part from `saved` and return the loop state and this rank's random
+    streams. The streams are not restored here: the caller restores them with restore_rng as
+    the very last thing before training continues, so that nothing in between draws from
+    them. A part this run has and the checkpoint lacks (fp16 allowed on a resumed fp32 run)
+    starts fresh; one the checkpoint has and this run lacks is left behind."""
+    for name, part in stateful(parts).items():
+        if part is not None and saved[name] is not None:
+            part.load_state_dict(saved[name])
+    state = LoopState.from_state_dict(saved["loop"])
+    rng, state.partial_sums = _rank_state(saved, world)
+    return state, rng
 
 
-def history(ckpt: dict[str, Any]) -> list[dict[str, float]]:
-    """The per-epoch records a loaded checkpoint holds."""
-    return unpack_history(ckpt["loop"]["history"])
+def _rank_state(saved: dict[str, Any], world: distributed.World) -> tuple[Any, Any]:
+    """This rank's random streams and mid-epoch running sums. With the world size it was saved
+    with, each rank gets its own back; after an allowed change of trainer.devices rank 0
+    carries every saved rank's sums and the new ranks keep fresh seeds."""
+    ranks = saved["ranks"] or [{"rng": saved["rng"], "partial_sums": saved["loop"]["partial_sums"]}]
+    if len(ranks) == world.size:
+        return ranks[world.rank]["rng"], ranks[world.rank]["partial_sums"]
+    rng = ranks[world.rank]["rng"] if world.rank < len(ranks) else None
+    if not world.main or ranks[0]["partial_sums"] is None:
+        return rng, None
+    combined = {
+        part: {key: sum(r["partial_sums"][part][key] for r in ranks) for key in sums}
+        for part, sums in ranks[0]["partial_sums"].items()
+    }
+    return rng, combined
 
 
-def pack_history(history: list[dict[str, float]]) -> dict[str, Any]:
-    """The per-epoch records as one float64 tensor (NaN where a record lacks a key) and the
-    column names: a few objects to pickle instead of thousands. Exact: every value is a float
-    or an int below 2**53."""
-    columns = list(dict.fromkeys(key for record in history for key in record))
-    values = [[float(r.get(c, math.nan)) for c in columns] for r in history]
-    tensor = torch.tensor(values, dtype=torch.float64).reshape(len(history), len(columns))
-    return {"columns": columns, "values": tensor}
-
-
-def unpack_history(packed: dict[str, Any]) -> list[dict[str, float]]:
-    records = []
-    for row in packed["values"].tolist():
-        record = {c: v for c, v in zip(packed["columns"], row, strict=True) if not math.isnan(v)}
-        for key in ("epoch", "step"):
-            if key in record:
-                record[key] = int(record[key])
-        records.append(record)
-    return records
+def save(
+    saver: Saver,
+    parts: Parts,
+    state: LoopState,
+    metric: float | None,
+    best: bool = False,
+    sums: dict[str, tasks.Sums] | None = None,
+) -> None:
+    """Snapshot everything and hand it to the writer (best.pt too if `best`: the weights that
+    were validated, ASGD's average where asked for). Every rank calls this at the same step.
+    A failed save stops the run or, with on_error=continue, is reported and training goes on
+    (the previous checkpoints are intact either way)."""
+    started = time.perf_counter()
+    snap = snapshot(parts, state, saver.context, sums)
+    if saver.writer is not None:  # rank 0
+        best_payload = None
+        if best and parts.eval_with_average:
+            with eval_weights(parts):
+                best_payload = serialize(snap | {"model": unwrap(parts.model).state_dict()})
+        payload = serialize(snap)  # the snapshot; the files are written meanwhile
+        info = {
+            "epoch": state.epoch,
+            "step": state.step,
+            "batch_in_epoch": state.batch_in_epoch,
+            "metric": metric,
+        }
+        saver.submit(payload, info, best, best_payload)
+    state.checkpoint_s += time.perf_counter() - started
 
 
 def capture_rng() -> dict[str, Any]:
@@ -171,244 +201,3 @@ def restore_rng(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if state["cuda"]:
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# ---- how it is written, rotated and read ----
-#
-# Every save writes step_<n>.pt (a resumable state) and, for ASGD's averaged weights, also
-# best_step_<n>.pt; last.pt and best.pt are hard links (copies where links fail) to the newest
-# and the best. manifest.json lists each file's sha256, size, step, epoch and metric, and which
-# files `last` and `best` are; it is written after the files and is the commit marker: a file
-# it does not list is never loaded or deleted.
-
-
-@dataclass
-class Policy:
-    """trainer.checkpoint: which checkpoints are kept after each save."""
-
-    keep_last: int  # newest resumable checkpoints kept (>= 2: the fallback needs one)
-    top_k: int  # best-so-far checkpoints kept (best.pt is the newest of them)
-
-
-def serialize(state: dict[str, Any]) -> bytes:
-    """The checkpoint file's bytes: the snapshot, taken in the training thread."""
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    return buffer.getvalue()
-
-
-def save(
-    ckpt_dir: Path,
-    state: dict[str, Any],
-    info: dict[str, Any],
-    policy: Policy,
-    best: bool = False,
-    best_state: dict[str, Any] | None = None,
-) -> None:
-    """Write `state` as step_<n>.pt and make it last.pt; if `best`, also best.pt (best_state, if
-    given, is a different payload for it: ASGD's averaged weights). Then commit the manifest
-    and rotate. A failed write leaves the previous files and manifest as they were."""
-    best_payload = serialize(best_state) if best_state is not None else None
-    commit(ckpt_dir, serialize(state), info, policy, best, best_payload)
-
-
-def commit(
-    ckpt_dir: Path,
-    payload: bytes,
-    info: dict[str, Any],
-    policy: Policy,
-    best: bool = False,
-    best_payload: bytes | None = None,
-) -> None:
-    """The file work of save(), for serialised payloads."""
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    manifest = read_manifest(ckpt_dir)
-    name = f"step_{info['step']}.pt"
-    manifest["files"][name] = _write(ckpt_dir / name, payload, info, best and best_payload is None)
-    _point(ckpt_dir / "last.pt", name)
-    manifest["last"] = name
-    if best:
-        best_name = name
-        if best_payload is not None:
-            best_name = f"best_step_{info['step']}.pt"
-            entry = _write(ckpt_dir / best_name, best_payload, info, best=True)
-            manifest["files"][best_name] = entry | {"resumable": False}
-        _point(ckpt_dir / "best.pt", best_name)
-        manifest["best"] = best_name
-    # Rotation is decided before the commit: the manifest stops naming the dropped files in
-    # the same write that adds the new one, and only then are they deleted.
-    dropped = _rotated_out(manifest, policy)
-    for name in dropped:
-        del manifest["files"][name]
-    _write_manifest(ckpt_dir, manifest)
-    for name in dropped:
-        (ckpt_dir / name).unlink(missing_ok=True)
-
-
-class Writer:
-    """Writes checkpoints in a background thread, one at a time and in order: the training
-    thread serialises (that is the snapshot; pickling holds the GIL, so it would gain nothing
-    in a thread) and goes on while the files are written, hashed and fsynced and the manifest
-    committed. A save waits for the previous one; wait() returns when everything handed over
-    is committed and re-raises a failure. The thread lives as long as the writer (a daemon:
-    a killed run loses at most the save in flight, which the manifest never committed)."""
-
-    def __init__(self, ckpt_dir: Path, policy: Policy) -> None:
-        self.ckpt_dir, self.policy = ckpt_dir, policy
-        self._jobs: queue.Queue = queue.Queue(maxsize=1)
-        self._done = threading.Event()
-        self._done.set()
-        self._error: BaseException | None = None
-        self._thread: threading.Thread | None = None
-
-    def submit(
-        self, payload: bytes, info: dict[str, Any], best: bool, best_payload: bytes | None
-    ) -> None:
-        """Hand over serialised checkpoints; returns once the previous save is done."""
-        self.wait()
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._work, name="checkpoint", daemon=True)
-            self._thread.start()
-        self._done.clear()
-        self._jobs.put((self.ckpt_dir, payload, info, self.policy, best, best_payload))
-
-    def wait(self) -> None:
-        self._done.wait()
-        error, self._error = self._error, None
-        if error is not None:
-            raise error
-
-    def _work(self) -> None:
-        while True:
-            job = self._jobs.get()
-            try:
-                commit(*job)
-            except BaseException as e:  # handed to the training thread by wait()
-                self._error = e
-            finally:
-                self._done.set()
-
-
-def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read one checkpoint after checking its size and sha256 against the manifest
-    (last.pt and best.pt are checked against the files the manifest says they are)."""
-    manifest = read_manifest(path.parent)
-    name = {"last.pt": manifest.get("last"), "best.pt": manifest.get("best")}.get(
-        path.name, path.name
-    )
-    entry = manifest["files"].get(name)
-    if entry is None or not path.is_file():
-        raise CheckpointError(f"{path}: not a committed checkpoint (not in {MANIFEST})")
-    payload = path.read_bytes()
-    if len(payload) != entry["size"] or hashlib.sha256(payload).hexdigest() != entry["sha256"]:
-        raise CheckpointError(
-            f"{path}: size or sha256 differs from {MANIFEST}: the file is truncated or corrupt"
-        )
-    try:
-        ckpt = torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"{path}: not a trainlab checkpoint ({e.__class__.__name__})") from e
-    if not isinstance(ckpt, dict) or ckpt.get("schema_version") != SCHEMA_VERSION:
-        raise CheckpointError(f"{path}: not a trainlab checkpoint of schema {SCHEMA_VERSION}")
-    return ckpt
-
-
-def load_latest(ckpt_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The newest resumable checkpoint that verifies, and its manifest entry. A bad one is
-    reported by name and the next older one is tried; if none is good, CheckpointError says
-    why, and nothing is started over."""
-    manifest = read_manifest(ckpt_dir)
-    entries = [(n, e) for n, e in manifest["files"].items() if e.get("resumable", True)]
-    entries.sort(key=lambda item: item[1]["step"], reverse=True)
-    problems = []
-    for name, entry in entries:
-        try:
-            ckpt = load(ckpt_dir / name)
-        except CheckpointError as e:
-            problems.append(str(e))
-            log.warning(f"checkpoint refused: {e}; trying an older one")
-            continue
-        if problems:
-            log.warning(f"resuming from the older {name} (step {entry['step']})")
-        return ckpt, entry | {"name": name}
-    reasons = "; ".join(problems) if problems else f"{MANIFEST} lists none"
-    raise CheckpointError(
-        f"{ckpt_dir}: no good checkpoint to resume from ({reasons}). Nothing was started over; "
-        "start a new run, or restore a checkpoint file from a backup"
-    )
-
-
-def read_manifest(ckpt_dir: Path) -> dict[str, Any]:
-    path = ckpt_dir / MANIFEST
-    if not path.is_file():
-        return {"schema_version": SCHEMA_VERSION, "files": {}}
-    try:
-        manifest = json.loads(path.read_text())
-        assert isinstance(manifest.get("files"), dict)
-    except (ValueError, AssertionError) as e:
-        raise CheckpointError(
-            f"{path}: unreadable ({e}); the checkpoints cannot be verified"
-        ) from e
-    return manifest
-
-
-def has_checkpoint(ckpt_dir: Path) -> bool:
-    return any(e.get("resumable", True) for e in read_manifest(ckpt_dir)["files"].values())
-
-
-# The files a checkpoint folder holds; sweep_temp_files removes only temp files of these.
-FILES = ("step_*.pt", "best_step_*.pt", "last.pt", "best.pt", MANIFEST)
-
-
-def sweep_temp_files(ckpt_dir: Path) -> list[Path]:
-    """Remove the temp files an interrupted checkpoint write left (.<name>.<random>.tmp)."""
-    return rundir.sweep_temp_files(ckpt_dir, FILES)
-
-
-def _write(path: Path, payload: bytes, info: dict[str, Any], best: bool) -> dict[str, Any]:
-    try:
-        write_atomic(path, payload, sync_folder=False)  # the manifest's commit syncs the folder
-    except OSError as e:
-        raise CheckpointSaveError(
-            f"could not write {path} ({e.strerror or e}); the checkpoints written before it are "
-            f"intact{' (disk full?)' if e.errno in (errno.ENOSPC, errno.EFBIG) else ''}"
-        ) from e
-    entry = {"sha256": hashlib.sha256(payload).hexdigest(), "size": len(payload), **info}
-    return entry | {"best": True} if best else entry
-
-
-def _point(alias: Path, target: str) -> None:
-    """Atomically make `alias` (last.pt, best.pt) the file `target` in the same folder: a hard
-    link, so no bytes are written twice; a copy where the filesystem has no hard links."""
-    tmp = alias.with_name(f".{alias.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(alias.with_name(target), tmp)
-        os.replace(tmp, alias)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        if e.errno not in (errno.EPERM, errno.EXDEV, errno.ENOTSUP, errno.EMLINK):
-            raise CheckpointSaveError(f"could not update {alias} ({e.strerror or e})") from e
-        write_atomic(alias, alias.with_name(target).read_bytes())
-
-
-def _write_manifest(ckpt_dir: Path, manifest: dict[str, Any]) -> None:
-    try:
-        write_atomic(ckpt_dir / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
-    except OSError as e:
-        raise CheckpointSaveError(
-            f"could not commit {ckpt_dir / MANIFEST} ({e.strerror or e}); the checkpoints "
-            "committed before stay the ones loaded"
-        ) from e
-
-
-def _rotated_out(manifest: dict[str, Any], policy: Policy) -> list[str]:
-    """What the policy no longer keeps: never what last or best name, and only files the
-    manifest lists (anything else in the folder is not ours)."""
-    files = manifest["files"]
-    by_step = sorted(files, key=lambda n: files[n]["step"], reverse=True)
-    resumable = [n for n in by_step if files[n].get("resumable", True)]
-    best = [n for n in by_step if files[n].get("best")]
-    keep = {manifest.get("last"), manifest.get("best")}
-    keep |= set(resumable[: max(policy.keep_last, 2)]) | set(best[: policy.top_k])
-    return [n for n in files if n not in keep]

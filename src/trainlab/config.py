@@ -11,19 +11,37 @@ import dataclasses
 import difflib
 import math
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
-import yaml
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from trainlab import targets
-from trainlab.errors import ConfigError, first_line
+from trainlab.errors import ConfigError
 
 # conf/ ships in the checkout next to src/ (an editable install reads it from there).
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+class Choice(str, Enum):
+    """A config value from a fixed set: compares equal to its YAML text, prints as it."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+Precision = Choice("Precision", {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16"})
+NanPolicy = Choice("NanPolicy", {"stop": "stop", "skip": "skip"})
+OnError = Choice("OnError", {"stop": "stop", "continue": "continue"})
+ResumeMode = Choice("ResumeMode", {"never": "never", "auto": "auto"})
+ProgressMode = Choice("ProgressMode", {k: k for k in ("auto", "bar", "lines", "none")})
+# Checked by check() rather than typed, so its message names the key: the scheduler node is
+# its option's own YAML, and mode and accelerator errors read as the other rule errors do.
+Interval = Choice("Interval", {"epoch": "epoch", "step": "step"})
+Mode = Choice("Mode", {"auto": "auto", "min": "min", "max": "max"})
+Accelerator = Choice("Accelerator", {k: k for k in ("auto", "cpu", "cuda", "mps")})
 
 
 @dataclass
@@ -38,7 +56,7 @@ class CheckpointConfig:
     every_n_steps: int | None = MISSING
     keep_last: int = MISSING
     top_k: int = MISSING
-    on_error: str = MISSING
+    on_error: OnError = MISSING
 
 
 @dataclass
@@ -64,14 +82,19 @@ class TrainerConfig:
     num_threads: int | None = MISSING
     monitor: str = MISSING
     mode: str = MISSING
-    precision: str = MISSING
+    precision: Precision = MISSING
     channels_last: bool = MISSING
     compile: bool = MISSING
     tf32: bool = MISSING
-    nan_policy: str = MISSING
+    nan_policy: NanPolicy = MISSING
     nan_skip_limit: int = MISSING
-    resume: str = MISSING
-    progress: str = MISSING
+    resume: ResumeMode = MISSING
+    progress: ProgressMode = MISSING
+    # Debugging switches: a count of batches (int) or a fraction of them (float), or null.
+    fast_dev_run: bool = MISSING
+    limit_train_batches: Any = MISSING
+    limit_val_batches: Any = MISSING
+    overfit_batches: Any = MISSING
     tensorboard: TensorBoardConfig = field(default_factory=TensorBoardConfig)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -174,24 +197,30 @@ def check(cfg: DictConfig) -> None:
             f"trainer.checkpoint.keep_last={keep}: must be >= 2, so a corrupt newest checkpoint "
             "always has an older one to fall back to"
         )
-    _one_of(cfg, "trainer.checkpoint.on_error", ("stop", "continue"))
-    _one_of(cfg, "trainer.nan_policy", ("stop", "skip"))
-    _one_of(cfg, "trainer.precision", ("fp32", "bf16", "fp16"))
     if cfg.trainer.channels_last and len(cfg.dataset.input_shape) != 3:
         raise ConfigError(
             f"trainer.channels_last=true: it lays out (channels, height, width) images, but "
             f"dataset.input_shape={list(cfg.dataset.input_shape)}; set trainer.channels_last=false"
         )
-    _one_of(cfg, "trainer.resume", ("never", "auto"))
-    _one_of(cfg, "trainer.progress", ("auto", "bar", "lines", "none"))
+    for key in ("limit_train_batches", "limit_val_batches", "overfit_batches"):
+        _check_batch_count(cfg, f"trainer.{key}")
+    t = cfg.trainer
+    if (
+        t.overfit_batches is not None
+        and (t.limit_train_batches, t.limit_val_batches) != (None,) * 2
+    ):
+        raise ConfigError(
+            f"trainer.overfit_batches={t.overfit_batches}: it sets which batches train and "
+            "validate, so trainer.limit_train_batches and limit_val_batches must be null"
+        )
     _at_least(cfg, "trainer.tensorboard.example_images", 0)
     _at_least(cfg, "trainer.tensorboard.histograms_every_n_epochs", 1, optional=True)
     _positive(cfg, "trainer.grad_clip_norm", optional=True)
     _at_least(cfg, "trainer.early_stopping.min_delta", 0.0)
-    _one_of(cfg, "trainer.accelerator", ("auto", "cpu", "cuda", "mps"))
+    _one_of(cfg, "trainer.accelerator", Accelerator)
     _check_devices(cfg)
-    _one_of(cfg, "trainer.mode", ("auto", "min", "max"))
-    _one_of(cfg, "scheduler.interval", ("epoch", "step"))
+    _one_of(cfg, "trainer.mode", Mode)
+    _one_of(cfg, "scheduler.interval", Interval)
     _one_of(cfg, "dataset.task", tuple(TASK_METRICS))
     frac = cfg.dataset.val_fraction
     if not 0.0 < frac < 1.0:
@@ -311,11 +340,10 @@ def _check_scheduler(cfg: DictConfig) -> None:
 def _check_loss(loss: DictConfig, dataset: DictConfig, key: str) -> None:
     """The loss fits the dataset's task, its targets and its class count."""
     target = loss._target_
-    reduction = loss.get("reduction", "mean")
-    if reduction != "mean":
+    if "reduction" in loss and loss.reduction != "mean":
         raise ConfigError(
-            f"{key}.reduction={reduction}: must be mean; trainlab weights each batch's mean loss "
-            "by the batch size to report exact epoch means"
+            f"{key}.reduction={loss.reduction}: must be mean; trainlab weights each batch's "
+            "mean loss by the batch size to report exact epoch means"
         )
     if target in LOSS_TASKS:
         option, tasks = LOSS_TASKS[target]
@@ -357,124 +385,6 @@ def _check_loss(loss: DictConfig, dataset: DictConfig, key: str) -> None:
             _check_loss(sub, dataset.heads[head], f"{key}.losses.{head}")
 
 
-# Keys a resume may change without changing what is being trained: how long, how often it
-# logs, validates and saves, when it stops early. Anything else needs --allow-change KEY.
-HARMLESS_ON_RESUME = (
-    "trainer.max_epochs", "trainer.max_steps", "trainer.log_every_n_steps",
-    "trainer.val_every_epochs", "trainer.checkpoint.", "trainer.early_stopping.",
-    "trainer.resume", "trainer.progress", "trainer.tensorboard.", "name", "paths.output_dir",
-)  # fmt: skip
-
-
-def changes(stored: DictConfig, new: DictConfig) -> dict[str, tuple[Any, Any]]:
-    """{dotted key: (stored value, new value)} for every leaf that differs."""
-    a = _leaves(OmegaConf.to_container(stored, resolve=True))
-    b = _leaves(OmegaConf.to_container(new, resolve=True))
-    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
-
-
-def check_resume_changes(found: dict[str, tuple[Any, Any]], allowed: list[str]) -> None:
-    """Refuse changes that would not continue the same run, naming them, unless allowed."""
-
-    def ok(key: str) -> bool:
-        if key.startswith(HARMLESS_ON_RESUME) or key in HARMLESS_ON_RESUME:
-            return True
-        return any(key == a or key.startswith(a.rstrip(".") + ".") for a in allowed)
-
-    refused = {k: v for k, v in found.items() if not ok(k)}
-    if refused:
-        listed = ", ".join(f"{k} ({old} -> {new})" for k, (old, new) in refused.items())
-        flags = " ".join(f"--allow-change {k}" for k in refused)
-        raise ConfigError(
-            f"resume would change {listed}: the run was trained with the stored values, so this "
-            f"would not continue the same run. Start a new run, or insist with {flags}"
-        )
-
-
-def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(node, dict):
-        out: dict[str, Any] = {}
-        for k, v in node.items():
-            out |= _leaves(v, f"{prefix}{k}.")
-        return out
-    return {prefix.rstrip("."): node}
-
-
-def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
-    """A copy of cfg with key=value overrides (values parsed as YAML), typed by the schema."""
-    out = OmegaConf.create(OmegaConf.to_container(cfg))
-    out = OmegaConf.merge(OmegaConf.structured(TrainConfig), out)
-    OmegaConf.set_struct(out, True)
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"{item}: an override is key=value, e.g. trainer.max_epochs=20")
-        try:
-            OmegaConf.update(out, key, yaml.safe_load(value) if value else None, merge=True)
-        except Exception as e:
-            raise ConfigError(f"{item}: {str(e).splitlines()[0]}") from None
-    return out
-
-
-def absolute_paths(cfg: DictConfig) -> None:
-    """paths.* are relative to the launch folder; config.yaml must say the same thing to a
-    `trainlab resume` started anywhere else."""
-    for key in cfg.paths:
-        cfg.paths[key] = str(Path(cfg.paths[key]).resolve())
-
-
-def load_run_config(run_dir: Path) -> DictConfig:
-    """The stored, resolved config of a run, typed by the schema: the source of truth on resume.
-    Every `_target_` in it is checked before anything uses it (a run folder may come from
-    someone else)."""
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        if (run_dir / ".hydra").is_dir():
-            raise ConfigError(
-                f"{run_dir}: this run stopped during start-up, before it wrote config.yaml, so "
-                "nothing was trained and there is nothing to continue; start it again with "
-                "`trainlab train` (its overrides are in .hydra/overrides.yaml)"
-            )
-        raise ConfigError(
-            f"{run_dir}: no config.yaml here, so it is not a trainlab run folder (every run "
-            "writes one when it starts); give the folder of a run, e.g. outputs/runs/<run>"
-        )
-    try:
-        stored = OmegaConf.load(path)
-    except (yaml.YAMLError, UnicodeDecodeError, OSError) as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        copies = sorted((run_dir / "checkpoints").glob("*.pt"))
-        copy = (
-            f"; every checkpoint holds a copy (its 'config' entry), e.g. {copies[-1]}"
-            if copies
-            else ""
-        )
-        raise ConfigError(
-            f"{path}: does not parse{where} ({type(e).__name__}); restore the file the run "
-            f"wrote{copy}"
-        ) from None
-    if not isinstance(stored, DictConfig):
-        raise ConfigError(f"{path}: not a run's config (a YAML mapping was expected)")
-    targets.check(stored)
-    # trainer keys added to trainlab after the run was trained take their current defaults.
-    trainer_defaults = (
-        {"trainer": OmegaConf.load(TRAINER_DEFAULTS)} if TRAINER_DEFAULTS.is_file() else {}
-    )
-    try:
-        cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), trainer_defaults, stored)
-    except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", None) or "?"
-        raise ConfigError(
-            f"{path}: {key}: {first_line(e)}; the file is not what the run wrote, restore it"
-        ) from None
-    OmegaConf.set_struct(cfg, True)
-    return cfg
-
-
-TRAINER_DEFAULTS = CONF_DIR / "trainer" / "default.yaml"
-
-
 def _at_least(cfg: DictConfig, key: str, low: float, optional: bool = False) -> None:
     value = OmegaConf.select(cfg, key)
     if value is None and optional:
@@ -493,7 +403,31 @@ def _positive(cfg: DictConfig, key: str, optional: bool = False) -> None:
         raise ConfigError(f"{key}={value}: must be a number > 0{hint}")
 
 
-def _one_of(cfg: DictConfig, key: str, choices: tuple[str, ...]) -> None:
+def _one_of(cfg: DictConfig, key: str, choices: type[Choice] | tuple[str, ...]) -> None:
     value = OmegaConf.select(cfg, key)
-    if value not in choices:
-        raise ConfigError(f"{key}={value}: must be one of {', '.join(choices)}")
+    names = [str(c) for c in choices]
+    if value not in names:
+        raise ConfigError(f"{key}={value}: must be one of {', '.join(names)}")
+
+
+def _check_batch_count(cfg: DictConfig, key: str) -> None:
+    """null, a number of batches (an int >= 1) or a fraction of them (a float in (0, 1])."""
+    value = OmegaConf.select(cfg, key)
+    count = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    fraction = isinstance(value, float) and 0.0 < value <= 1.0
+    if value is not None and not count and not fraction:
+        raise ConfigError(
+            f"{key}={value}: must be a number of batches (an integer >= 1), a fraction of them "
+            "(a float in (0, 1], e.g. 0.25), or null for all"
+        )
+
+
+def trainer_of(cfg: DictConfig) -> TrainerConfig:
+    """cfg.trainer as its schema dataclass: converted once, where a run starts, and passed on
+    in that one shape (the loop reads it every step; an OmegaConf attribute costs tens of
+    microseconds). fast_dev_run is applied here: one epoch of one batch of each split."""
+    trainer = OmegaConf.to_object(cfg.trainer)
+    if trainer.fast_dev_run:
+        one = {"max_epochs": 1, "max_steps": None, "val_every_epochs": 1, "log_every_n_steps": 1}
+        trainer = dataclasses.replace(trainer, **one)
+    return trainer

@@ -1,8 +1,8 @@
-"""What a launch does in a run folder that is not new: resume the run there from its newest
-checkpoint, start it over in place (it stopped before its first checkpoint, so nothing was
-trained), or refuse (another config, a finished run that cannot be verified, a folder that is
-not a trainlab run). `trainlab resume` and `trainer.resume=auto` decide here, and the Hydra
-callback asks before Hydra writes into the folder.
+"""The resume policy: what a launch does in a run folder that is not new (resume the run there
+from its newest checkpoint, start it over in place because it stopped before its first
+checkpoint, or refuse), and what a resume may change: config keys, run length, world size,
+environment. `trainlab resume` and `trainer.resume=auto` decide here, and the Hydra callback
+asks before Hydra writes into the folder.
 """
 
 from __future__ import annotations
@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
-from trainlab import checkpoint, config, rundir
+from trainlab import checkpoint_files, runconfig, rundir
+from trainlab.config import TrainerConfig
 from trainlab.errors import ConfigError
 from trainlab.lock import LOCK_FILE
 
@@ -67,20 +69,20 @@ def of(run_dir: Path, cfg: DictConfig, allow: list[str]) -> Resume | None:
     None to start it over in place when it stopped before its first checkpoint (exact: nothing
     was trained). Refused: a config that changes what the run trains, and starting over a run
     that has results or checkpoint files its manifest does not list."""
-    stored = config.load_run_config(run_dir)
-    found = config.changes(stored, cfg)
-    config.check_resume_changes(found, allow)
+    stored = runconfig.load_run_config(run_dir)
+    found = changes(stored, cfg)
+    check_resume_changes(found, allow)
     _check_length_key(stored, cfg)
     ckpt_dir = run_dir / "checkpoints"
-    if checkpoint.has_checkpoint(ckpt_dir):
+    if checkpoint_files.has_checkpoint(ckpt_dir):
         return Resume(found, allow)
     if (run_dir / "metrics.json").is_file() or rundir.status_of(run_dir).get("status") == (
         "completed"
     ):
         raise ConfigError(
-            f"{run_dir}: holds a finished run's results, but checkpoints/{checkpoint.MANIFEST} "
-            "lists no checkpoint; it is not started over in place. Restore the manifest from a "
-            "backup, or train a new run"
+            f"{run_dir}: holds a finished run's results, but "
+            f"checkpoints/{checkpoint_files.MANIFEST} lists no checkpoint; it is not started "
+            "over in place. Restore the manifest from a backup, or train a new run"
         )
     # A kill during the first save leaves one step file the manifest never committed; more
     # than one means a run that saved before and lost its manifest: not started over.
@@ -88,7 +90,7 @@ def of(run_dir: Path, cfg: DictConfig, allow: list[str]) -> Resume | None:
     if len(stray) > 1:
         raise ConfigError(
             f"{run_dir}: checkpoints/ holds {', '.join(stray[:3])} but "
-            f"{checkpoint.MANIFEST} lists none of them, so none can be verified; it is not "
+            f"{checkpoint_files.MANIFEST} lists none of them, so none can be verified; it is not "
             "started over in place. Restore the manifest from a backup, or train a new run"
         )
     log.info(f"{run_dir}: no checkpoint yet (it stopped before its first save): starting over")
@@ -116,5 +118,130 @@ def check_early(cfg: DictConfig, run_dir: Path) -> None:
         k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
         for k, v in ((k, cfg[k]) for k in cfg if k != "hydra")
     })  # fmt: skip
-    config.absolute_paths(task)
+    runconfig.absolute_paths(task)
     decide(task, run_dir, multirun=False)
+
+
+# Keys a resume may change without changing what is being trained: how long, how often it
+# logs, validates and saves, when it stops early. Anything else needs --allow-change KEY.
+HARMLESS_ON_RESUME = (
+    "trainer.max_epochs", "trainer.max_steps", "trainer.log_every_n_steps",
+    "trainer.val_every_epochs", "trainer.checkpoint.", "trainer.early_stopping.",
+    "trainer.resume", "trainer.progress", "trainer.tensorboard.", "name", "paths.output_dir",
+)  # fmt: skip
+
+
+def changes(stored: DictConfig, new: DictConfig) -> dict[str, tuple[Any, Any]]:
+    """{dotted key: (stored value, new value)} for every leaf that differs."""
+    a = _leaves(OmegaConf.to_container(stored, resolve=True))
+    b = _leaves(OmegaConf.to_container(new, resolve=True))
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def check_resume_changes(found: dict[str, tuple[Any, Any]], allowed: list[str]) -> None:
+    """Refuse changes that would not continue the same run, naming them, unless allowed."""
+
+    def ok(key: str) -> bool:
+        if key.startswith(HARMLESS_ON_RESUME) or key in HARMLESS_ON_RESUME:
+            return True
+        return any(key == a or key.startswith(a.rstrip(".") + ".") for a in allowed)
+
+    refused = {k: v for k, v in found.items() if not ok(k)}
+    if refused:
+        listed = ", ".join(f"{k} ({old} -> {new})" for k, (old, new) in refused.items())
+        flags = " ".join(f"--allow-change {k}" for k in refused)
+        raise ConfigError(
+            f"resume would change {listed}: the run was trained with the stored values, so this "
+            f"would not continue the same run. Start a new run, or insist with {flags}"
+        )
+
+
+def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out |= _leaves(v, f"{prefix}{k}.")
+        return out
+    return {prefix.rstrip("."): node}
+
+
+def check_world(trainer: TrainerConfig, launched: int, run_dir: Path) -> None:
+    """A resume runs on as many processes as the run was trained on, or says what changing
+    that would change."""
+    n = trainer.devices
+    if n == launched:
+        return
+    same = f"torchrun --nproc_per_node={n} -m trainlab resume" if n > 1 else "trainlab resume"
+    batch = trainer.batch_size
+    raise ConfigError(
+        f"trainer.devices={n}: the run was trained on {n} process(es) and this resume has "
+        f"{launched}; continue it as it was with `{same} {run_dir}`, or change it with "
+        f"trainer.devices={launched} --allow-change trainer.devices: each process's share of "
+        f"trainer.batch_size={batch} would go from {batch // n} to {batch // launched} and sums "
+        "would add up in another order, so it would not continue bitwise"
+    )
+
+
+def check_length(trainer: TrainerConfig, epoch: int, step: int) -> None:
+    """A resume can extend a run, not shorten it below what it has trained."""
+    if trainer.max_steps is not None and trainer.max_steps < step:
+        raise ConfigError(
+            f"trainer.max_steps={trainer.max_steps}: the run has taken {step} steps "
+            "already; a resume can extend it, not shorten it"
+        )
+    if trainer.max_steps is None and trainer.max_epochs < epoch:
+        raise ConfigError(
+            f"trainer.max_epochs={trainer.max_epochs}: the run has trained {epoch} epochs "
+            "already; a resume can extend it, not shorten it"
+        )
+
+
+def check_environment(
+    saved: dict[str, Any], current: dict[str, Any], allow: list[str]
+) -> list[str]:
+    """What the checkpoint was trained with against what this resume has: a different thread
+    count is adopted (it changes float reductions), precision and world size are refused
+    unless allowed. Returns notes for run.json on what was allowed."""
+    notes = []
+    if saved["num_threads"] != current["num_threads"]:
+        log.info(
+            f"using the {saved['num_threads']} CPU threads the run was trained with (this "
+            f"machine's default is {current['num_threads']}): float sums depend on it"
+        )
+        torch.set_num_threads(saved["num_threads"])
+        current["num_threads"] = saved["num_threads"]
+    for key, flag in (("precision", "trainer.precision"), ("world_size", "trainer.devices")):
+        if saved.get(key) == current[key]:  # .get: checkpoints from before a key was kept
+            continue
+        if flag not in allow:
+            raise ConfigError(
+                f"the run was trained with {key} {saved.get(key)} and this resume has "
+                f"{current[key]}: it would not continue exactly; set it back, or allow it with "
+                f"--allow-change {flag}"
+            )
+        notes.append(
+            f"{key} changed from {saved.get(key)} to {current[key]} (--allow-change {flag}): "
+            "the run continues, but not bitwise as it would have"
+        )
+    if saved["device"].split(":")[0] != current["device"].split(":")[0]:
+        notes.append(
+            f"trained on {saved['device']}, continues on {current['device']}: the result will "
+            "not be bitwise what an uninterrupted run gives"
+        )
+    return notes
+
+
+def apply_optimizer_changes(
+    optimizer: Any, scheduler: Any, found: dict[str, tuple[Any, Any]]
+) -> None:
+    """Loading the optimizer's state brings back its saved options (lr, weight_decay, ...);
+    an allowed change of one must win over that, in every group, and rescale the schedule."""
+    for key, (old, new) in found.items():
+        option = key.removeprefix("optimizer.")
+        if not key.startswith("optimizer.") or "." in option or option not in optimizer.defaults:
+            continue
+        for group in optimizer.param_groups:
+            group[option] = new
+        if option == "lr" and scheduler is not None:
+            scheduler.base_lrs = [new for _ in scheduler.base_lrs]
+        log.info(f"optimizer.{option} is now {new} in every parameter group (was {old})")

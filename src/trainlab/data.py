@@ -25,9 +25,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
-from trainlab import lock
+from trainlab import lock, tasks
 from trainlab.build import instantiate_node
-from trainlab.errors import DataError
+from trainlab.errors import ConfigError, DataError
 from trainlab.signals import HANDLED
 from trainlab.tasks import Target
 
@@ -71,10 +71,16 @@ class Data:
     train: Split | Dataset
     val: Split | Dataset
     test: Split | Dataset
+    device: torch.device  # where in-memory splits are held and batches are delivered
+    num_workers: int = 0  # DataLoader workers (dataset.num_workers): Datasets only
     # The names of the class labels 0, 1, ... where the data has them (a CSV's target values,
     # an image folder's class folders); stored in run.json so predict never re-reads the data.
     classes: list[str] | None = None
     features: list[str] | None = None  # the input columns' names (a CSV table)
+
+    def held_targets(self) -> list[Target]:
+        """The targets of the splits held in memory (a Dataset's are read only by batching)."""
+        return [s.y for s in (self.train, self.val, self.test) if isinstance(s, Split)]
 
 
 def build_data(cfg: DictConfig, device: torch.device) -> Data:
@@ -86,7 +92,7 @@ def build_data(cfg: DictConfig, device: torch.device) -> Data:
             kwargs.pop(key, None)
     loaded = instantiate_node(kwargs, "dataset")
     if isinstance(loaded, DatasetSplits):
-        return _dataset_splits(cfg, loaded)
+        return _dataset_splits(cfg, loaded, device)
     train = _as_split(loaded["x_train"], loaded["y_train"])
     test = _as_split(loaded["x_test"], loaded["y_test"])
     for name, split in (("train", train), ("test", test)):
@@ -94,7 +100,7 @@ def build_data(cfg: DictConfig, device: torch.device) -> Data:
     train_idx, val_idx = validation_indices(len(train), cfg.val_fraction, cfg.split_seed)
     train, val = train.take(train_idx), train.take(val_idx)
     return Data(
-        train=train.to(device), val=val.to(device), test=test.to(device),
+        train=train.to(device), val=val.to(device), test=test.to(device), device=device,
         classes=loaded.get("classes"), features=loaded.get("features"),
     )  # fmt: skip
 
@@ -142,9 +148,13 @@ class Shard:
         keep_tail = tail > 0 and (not self.split_batches or tail >= self.size)
         return full + keep_tail
 
-    def batches(self, order: Tensor, batch_size: int, start: int) -> Iterator[Tensor]:
-        """The index tensors of this rank's batches, from global batch `start` on."""
-        for i in range(start, self.count(len(order), batch_size)):
+    def batches(
+        self, order: Tensor, batch_size: int, start: int, stop: int | None = None
+    ) -> Iterator[Tensor]:
+        """The index tensors of this rank's batches, from global batch `start` to `stop` (None:
+        the epoch's end)."""
+        stop = self.count(len(order), batch_size) if stop is None else stop
+        for i in range(start, stop):
             batch = order[i * batch_size : (i + 1) * batch_size]
             if self.size == 1:
                 yield batch
@@ -163,9 +173,13 @@ class TensorBatches:
     ) -> None:
         self.split, self.batch_size, self.shuffle, self.seed = split, batch_size, shuffle, seed
         self.device, self.shard = split.x.device, shard
+        self.limit: int | None = None  # batches an epoch uses (trainer.limit_*_batches)
+
+    def full_length(self) -> int:
+        return self.shard.count(len(self.split), self.batch_size)
 
     def __len__(self) -> int:
-        return self.shard.count(len(self.split), self.batch_size)
+        return min(self.full_length(), self.limit or self.full_length())
 
     def order(self, epoch: int) -> Tensor:
         return epoch_order(len(self.split), self.shuffle, self.seed, epoch)
@@ -173,7 +187,7 @@ class TensorBatches:
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Target]]:
         """The batches of `epoch`, from batch index `start` on (a resumed run starts mid-way)."""
         order = self.order(epoch).to(self.device)
-        for idx in self.shard.batches(order, self.batch_size, start):
+        for idx in self.shard.batches(order, self.batch_size, start, len(self)):
             batch = self.split.take(idx)
             yield batch.x, batch.y
 
@@ -216,16 +230,21 @@ class LoaderBatches:
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.device, self.num_workers, self.shard = device, num_workers, shard
         self.memory_format = torch.contiguous_format
+        self.limit: int | None = None  # batches an epoch uses (trainer.limit_*_batches)
+
+    def full_length(self) -> int:
+        return self.shard.count(len(self.dataset), self.batch_size)
 
     def __len__(self) -> int:
-        return self.shard.count(len(self.dataset), self.batch_size)
+        return min(self.full_length(), self.limit or self.full_length())
 
     def order(self, epoch: int) -> Tensor:
         return epoch_order(len(self.dataset), self.shuffle, self.seed, epoch)
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Target]]:
         order = self.order(epoch)
-        batches = [idx.tolist() for idx in self.shard.batches(order, self.batch_size, start)]
+        shard = self.shard.batches(order, self.batch_size, start, len(self))
+        batches = [idx.tolist() for idx in shard]
         self.dataset.epoch = epoch  # workers are started per epoch and copy it
         loader = DataLoader(
             self.dataset,
@@ -301,41 +320,10 @@ def check_split(cfg: DictConfig, name: str, split: Split) -> None:
             f"dataset.num_features={cfg.num_features}: samples of shape {shape} have "
             f"{math.prod(shape)} elements; set dataset.num_features={math.prod(shape)}"
         )
-    _check_targets(cfg, name, split.y, "dataset")
+    tasks.check_targets(cfg, name, split.y, "dataset")
 
 
-def _check_targets(cfg: DictConfig, name: str, y: Target, key: str) -> None:
-    task = cfg.task
-    if task == "multitask":
-        for head, spec in cfg.heads.items():
-            _check_targets(spec, name, y[head], f"{key}.heads.{head}")
-        return
-    if task in ("classification", "segmentation"):
-        valid = y[y >= 0]  # negative labels are ignore_index values
-        low, high = int(valid.min()), int(valid.max())
-        if high >= cfg.num_classes:
-            raise DataError(
-                f"{key}.num_classes={cfg.num_classes}: the {name} labels run from {low} to "
-                f"{high}; set {key}.num_classes={high + 1}"
-            )
-        return
-    width = y.shape[1] if y.dim() > 1 else 1
-    if width != cfg.num_outputs:
-        raise DataError(
-            f"{key}.num_outputs={cfg.num_outputs}: the {name} targets have {width} values per "
-            f"sample; set {key}.num_outputs={width}"
-        )
-    if task in ("binary", "multilabel"):
-        values = set(torch.unique(y).tolist())
-        allowed = {float(cfg.negative_label), 1.0}
-        if not values <= allowed:
-            raise DataError(
-                f"{key}.negative_label={cfg.negative_label}: the {name} targets take the values "
-                f"{sorted(values)}, not {sorted(allowed)}"
-            )
-
-
-def _dataset_splits(cfg: DictConfig, loaded: DatasetSplits) -> Data:
+def _dataset_splits(cfg: DictConfig, loaded: DatasetSplits, device: torch.device) -> Data:
     if loaded.classes is not None and len(loaded.classes) != cfg.num_classes:
         raise DataError(
             f"dataset.num_classes={cfg.num_classes}: the data has {len(loaded.classes)} classes "
@@ -355,10 +343,18 @@ def _dataset_splits(cfg: DictConfig, loaded: DatasetSplits) -> Data:
         cfg.val_fraction,
         cfg.split_seed,  # type: ignore[arg-type]
     )
+    if "num_workers" not in cfg:
+        raise ConfigError(
+            f"dataset={cfg._target_}: its data is read through a DataLoader, which needs "
+            "dataset.num_workers (worker processes; 0 = load in the training process); add "
+            "num_workers: 0 to the dataset's YAML"
+        )
     return Data(
         train=Subset(loaded.train, train_idx.tolist()),
         val=Subset(loaded.train_eval, val_idx.tolist()),
         test=loaded.test,
+        device=device,
+        num_workers=cfg.num_workers,
         classes=loaded.classes,
     )
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 
-EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_CONFIG = 2
 EXIT_DIVERGED = 3

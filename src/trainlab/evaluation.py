@@ -6,6 +6,7 @@ YAML files it was trained from have changed; no flag repeats what the run alread
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import logging
 import time
@@ -18,14 +19,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from trainlab import checkpoint, config, distributed, lock, rundir
+from trainlab import checkpoint_files, config, distributed, lock, runconfig, rundir, tasks
 from trainlab.build import build_loss, build_model
-from trainlab.data import build_data, make_batches
+from trainlab.console import per_label
+from trainlab.data import build_data
 from trainlab.datasets import float_columns, load_image, read_csv
 from trainlab.errors import ConfigError, DataError, TrainlabError
 from trainlab.loop import evaluate
-from trainlab.metrics import per_label
-from trainlab.train import precision_of, task_of
+from trainlab.parts import batches, precision_of
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +44,15 @@ class Rebuilt:
 
 def rebuild(run_dir: Path, which: str) -> Rebuilt:
     """`which`: best, last, or the path of one of the run's checkpoint files."""
-    cfg = config.load_run_config(run_dir)
+    cfg = runconfig.load_run_config(run_dir)
     config.check(cfg)
     path = checkpoint_path(run_dir, which)
-    saved = checkpoint.load(path)
+    saved = checkpoint_files.load(path)
     device = distributed.pick_device(cfg.trainer.accelerator, distributed.World())
     model = build_model(cfg.model).to(device)
     model.load_state_dict(saved["model"])
     model.eval()
-    manifest = checkpoint.read_manifest(path.parent)
+    manifest = checkpoint_files.read_manifest(path.parent)
     name = {"best.pt": manifest.get("best"), "last.pt": manifest.get("last")}.get(path.name)
     entry = manifest["files"].get(name or path.name, {}) | {"name": name or path.name}
     return Rebuilt(cfg, model, device, path, entry)
@@ -59,10 +60,11 @@ def rebuild(run_dir: Path, which: str) -> Rebuilt:
 
 def checkpoint_path(run_dir: Path, which: str) -> Path:
     ckpt_dir = run_dir / "checkpoints"
-    if not checkpoint.read_manifest(ckpt_dir)["files"]:
+    if not checkpoint_files.read_manifest(ckpt_dir)["files"]:
         raise ConfigError(
-            f"{run_dir}: no checkpoints (checkpoints/{checkpoint.MANIFEST} lists none); the run "
-            "stopped before its first save, so there are no weights to use"
+            f"{run_dir}: no checkpoints (checkpoints/{checkpoint_files.MANIFEST} lists none); "
+            "the run stopped before its first save (or was a trainer.fast_dev_run, which keeps "
+            "none), so there are no weights to use"
         )
     if which in ("best", "last"):
         return ckpt_dir / f"{which}.pt"
@@ -81,13 +83,16 @@ def eval_run(run_dir: Path, which: str, split: str) -> int:
         run = rebuild(run_dir, which)
         cfg, device = run.cfg, run.device
         data = build_data(cfg.dataset, device)
-        workers = cfg.dataset.get("num_workers", 0)
         rows = {"test": data.test, "val": data.val}[split]
-        batches = make_batches(rows, cfg.trainer.batch_size, False, cfg.seed, device, workers)
+        # The whole split, whatever the run's limit_*_batches were: eval measures the split.
+        trainer = dataclasses.replace(config.trainer_of(cfg), fast_dev_run=False)
+        trainer.limit_val_batches = trainer.overfit_batches = None
         loss_fn = build_loss(cfg.loss).to(device)
         started = time.perf_counter()
-        task, precision = task_of(cfg.dataset, data), precision_of(cfg.trainer.precision, device)
-        results = evaluate(run.model, batches, loss_fn, task, split, precision)
+        task = tasks.task_of(cfg.dataset, data.held_targets())
+        precision = precision_of(trainer.precision, device)
+        split_batches = batches(rows, split, trainer, cfg.seed, data, distributed.World())
+        results = evaluate(run.model, split_batches, loss_fn, task, split, precision)
         entry = run.entry
         record = {
             "split": split,
@@ -194,19 +199,11 @@ def _read_images(dataset: DictConfig, path: Path) -> tuple[list[str], Tensor]:
 
 
 def _predictions_csv(task: str, names: list[str], out: Tensor, labels: list[str] | None) -> str:
-    """The predictions as CSV text: a class and its probabilities per input (classification,
-    named by the run's stored class names), or the raw outputs."""
+    """The predictions as CSV text, one row per input (tasks.prediction_table)."""
+    header, rows = tasks.prediction_table(task, out, labels)
     with io.StringIO(newline="") as f:
         writer = csv.writer(f)
-        if task == "classification":
-            probs = out.softmax(-1)
-            labels = labels or [str(i) for i in range(out.shape[1])]
-            writer.writerow(["input", "prediction", *(f"p_{c}" for c in labels)])
-            for name, p in zip(names, probs.tolist(), strict=True):
-                best = max(range(len(p)), key=p.__getitem__)
-                writer.writerow([name, labels[best], *(f"{v:.6f}" for v in p)])
-        else:
-            writer.writerow(["input", *(f"output_{i}" for i in range(out.shape[1]))])
-            for name, row in zip(names, out.tolist(), strict=True):
-                writer.writerow([name, *(f"{v:.6g}" for v in row)])
+        writer.writerow(["input", *header])
+        for name, row in zip(names, rows, strict=True):
+            writer.writerow([name, *row])
         return f.getvalue()

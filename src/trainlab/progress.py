@@ -10,7 +10,7 @@ import sys
 import time
 from typing import Any
 
-from trainlab.metrics import per_label
+from trainlab.console import per_label
 
 log = logging.getLogger(__name__)
 

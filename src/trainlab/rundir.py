@@ -163,7 +163,15 @@ def read_json(path: Path) -> dict[str, Any]:
 
 # Temp files of trainlab's atomic writes: .<final name>.<random or pid>.tmp
 _TEMP = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]+\.tmp$")
-RECORDS = ("config.yaml", "run.json", "status.json", "metrics.json", "summary.csv", "summary.md")
+RECORDS = (
+    "config.yaml",
+    "run.json",
+    "status.json",
+    "metrics.json",
+    "metrics.csv",
+    "summary.csv",
+    "summary.md",
+)
 
 
 def sweep_temp_files(folder: Path, names: tuple[str, ...]) -> list[Path]:

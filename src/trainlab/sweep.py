@@ -80,8 +80,11 @@ def read_run(path: Path) -> Row:
     for item in overrides:
         key, _, value = str(item).partition("=")
         row.values[key.lstrip("+~")] = value
-    config = _yaml(path / "config.yaml") or {}
-    row.monitor = config.get("trainer", {}).get("monitor", "")
+    # What the run's config says, if it still says it: a report reads damaged folders too.
+    trainer = (_yaml(path / "config.yaml") or {}).get("trainer")
+    row.monitor = (
+        str(trainer["monitor"]) if isinstance(trainer, dict) and "monitor" in trainer else ""
+    )
     metrics = _json(path / "metrics.json")
     if metrics:
         row.monitor = metrics["monitor"]

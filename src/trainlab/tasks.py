@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from trainlab import distributed
+from trainlab.errors import ConfigError, DataError
 
 Target = Tensor | dict[str, Tensor]
 
@@ -34,8 +35,38 @@ class Task:
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> Task:
-        heads = {name: cls.from_config(spec) for name, spec in cfg.get("heads", {}).items()}
-        return cls(cfg.task, cfg.num_outputs, cfg.get("num_classes"), heads)
+        # heads: multi-task datasets only; num_classes: the tasks that have classes.
+        heads = (
+            {n: cls.from_config(spec) for n, spec in cfg.heads.items()} if "heads" in cfg else {}
+        )
+        classes = cfg.num_classes if "num_classes" in cfg else None
+        return cls(cfg.task, cfg.num_outputs, classes, heads)
+
+
+def task_of(cfg: DictConfig, targets: list[Target]) -> Task:
+    """The task of a dataset node; `targets` are the labels held in memory (data.held_targets)."""
+    task = Task.from_config(cfg)
+    if task.kind == "classification":
+        # Accuracy masks negative labels (ignore_index) only where some exist: one check here
+        # spares the mask on every batch.
+        task.ignored_labels = any(bool((y < 0).any()) for y in targets)
+    return task
+
+
+def new_confusion(task: Task, device: torch.device) -> Tensor | None:
+    """Zeroed (true class, predicted class) counts for a classification task; None otherwise."""
+    if task.kind != "classification":
+        return None
+    n = task.num_classes
+    return torch.zeros(n, n, dtype=torch.int64, device=device)
+
+
+def count_confusion(confusion: Tensor, output: Tensor, y: Tensor) -> None:
+    """Add a batch's (true class, predicted class) pairs; negative labels (ignore_index) are
+    left out."""
+    n, keep = len(confusion), y >= 0
+    pairs = y[keep] * n + output.argmax(-1)[keep]
+    confusion.view(-1).add_(torch.bincount(pairs, minlength=n * n))
 
 
 def batch_size(y: Target) -> int:
@@ -228,3 +259,97 @@ def _summarize(task: Task, s: Any, p: str) -> dict[str, float]:
 
 def _mean(values: Tensor) -> float:
     return values.mean().item() if values.numel() else 0.0
+
+
+# ---- what the data and the model's outputs must look like, per task ----
+
+
+def check_targets(cfg: DictConfig, name: str, y: Target, key: str) -> None:
+    """The targets of a split fit what the dataset node declares (classes, outputs, labels)."""
+    task = cfg.task
+    if task == "multitask":
+        for head, spec in cfg.heads.items():
+            check_targets(spec, name, y[head], f"{key}.heads.{head}")
+        return
+    if task in ("classification", "segmentation"):
+        valid = y[y >= 0]  # negative labels are ignore_index values
+        low, high = int(valid.min()), int(valid.max())
+        if high >= cfg.num_classes:
+            raise DataError(
+                f"{key}.num_classes={cfg.num_classes}: the {name} labels run from {low} to "
+                f"{high}; set {key}.num_classes={high + 1}"
+            )
+        return
+    width = y.shape[1] if y.dim() > 1 else 1
+    if width != cfg.num_outputs:
+        raise DataError(
+            f"{key}.num_outputs={cfg.num_outputs}: the {name} targets have {width} values per "
+            f"sample; set {key}.num_outputs={width}"
+        )
+    if task in ("binary", "multilabel"):
+        values = set(torch.unique(y).tolist())
+        allowed = {float(cfg.negative_label), 1.0}
+        if not values <= allowed:
+            raise DataError(
+                f"{key}.negative_label={cfg.negative_label}: the {name} targets take the values "
+                f"{sorted(values)}, not {sorted(allowed)}"
+            )
+
+
+def check_output(dataset: DictConfig, output: Any, y: Any, key: str) -> None:
+    """The model's output has the shape the dataset's targets need."""
+    if dataset.task == "multitask":
+        if not isinstance(output, dict) or set(output) != set(dataset.heads):
+            raise ConfigError(
+                f"model: returns {shapes(output)}, but dataset.heads names "
+                f"{', '.join(dataset.heads)}: a multi-task model returns one output per head"
+            )
+        for head, spec in dataset.heads.items():
+            check_output(spec, output[head], y[head], f"{key}.heads.{head}")
+        return
+    if dataset.task == "segmentation":
+        want = [y.shape[0], dataset.num_outputs, *y.shape[1:]]
+        if shapes(output) != want:
+            raise ConfigError(
+                f"model: gives outputs of shape {shapes(output)} but segmentation needs {want} "
+                f"(one score per class per pixel, {key}.num_outputs={dataset.num_outputs}); use a "
+                "fully convolutional model such as model=fcn"
+            )
+        return
+    width = output.shape[1] if isinstance(output, torch.Tensor) and output.dim() > 1 else None
+    if width != dataset.num_outputs:
+        n = dataset.num_outputs
+        what = (
+            f"{n} classes ({key}.num_classes={dataset.num_classes})"
+            if dataset.task == "classification"
+            else f"{n} outputs per sample ({key}.num_outputs={n})"
+        )
+        given = f"model.num_outputs={width}" if width is not None else "model"
+        raise ConfigError(
+            f"{given}: the model gives outputs of shape {shapes(output)} but the dataset has "
+            f"{what}; set model.num_outputs={n} (its default, ${{dataset.num_outputs}}) or a last "
+            f"layer with {n} outputs"
+        )
+
+
+def shapes(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: shapes(v) for k, v in value.items()}
+    return list(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+
+
+def prediction_table(
+    kind: str, out: Tensor, labels: list[str] | None
+) -> tuple[list[str], list[list[str]]]:
+    """`trainlab predict`'s columns and rows: for classification the predicted class and each
+    class's probability (named by the run's stored class names); otherwise the raw outputs."""
+    if kind == "classification":
+        probs = out.softmax(-1)
+        labels = labels or [str(i) for i in range(out.shape[1])]
+        rows = []
+        for p in probs.tolist():
+            best = max(range(len(p)), key=p.__getitem__)
+            rows.append([labels[best], *(f"{v:.6f}" for v in p)])
+        return ["prediction", *(f"p_{c}" for c in labels)], rows
+    rows = [[f"{v:.6g}" for v in row] for row in out.tolist()]
+    return [f"output_{i}" for i in range(out.shape[1])], rows
