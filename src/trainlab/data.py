@@ -148,6 +148,21 @@ class Shard:
         keep_tail = tail > 0 and (not self.split_batches or tail >= self.size)
         return full + keep_tail
 
+    def describe(self, n: int, batch_size: int) -> str:
+        """What a user reads about the sharding of n training samples."""
+        line = (
+            f"DDP: {self.size} processes; trainer.batch_size={batch_size} is the global batch, "
+            f"{batch_size // self.size} samples per process"
+        )
+        tail = n % batch_size
+        if tail % self.size:
+            kept = tail - tail % self.size
+            cut = f"trimmed to {kept}" if kept else "dropped"
+            line += (
+                f"; each epoch's last batch ({tail} samples) is {cut}, a multiple of {self.size}"
+            )
+        return line
+
     def batches(
         self, order: Tensor, batch_size: int, start: int, stop: int | None = None
     ) -> Iterator[Tensor]:

@@ -1,5 +1,5 @@
 """What each kind of task measures: per-batch sums kept on the device (no sync per step) and
-the means read from them at log time. The metric names are listed in config.TASK_METRICS.
+the means read from them at log time. The metric names are listed in catalogue.TASK_METRICS.
 
 A batch adds its loss (one kernel, in order) and, for tasks whose metrics are integer counts,
 only references to its detached output and targets: those are reduced together, a few kernels
@@ -26,7 +26,7 @@ Target = Tensor | dict[str, Tensor]
 
 @dataclass
 class Task:
-    kind: str  # a key of config.TASK_METRICS
+    kind: str  # a key of catalogue.TASK_METRICS
     num_outputs: int
     num_classes: int | None = None
     heads: dict[str, Task] = field(default_factory=dict)

@@ -43,7 +43,7 @@ from trainlab.checkpoint_files import Saver
 from trainlab.config import TrainerConfig
 from trainlab.console import console_and_log_file
 from trainlab.continuation import Resume
-from trainlab.data import Data, build_data, epoch_seed
+from trainlab.data import Data, Shard, build_data, epoch_seed
 from trainlab.errors import Diverged, TrainlabError, first_line
 from trainlab.loop import fit
 from trainlab.parts import LoopState, Parts, build_parts, seed_everything, setup_torch
@@ -310,7 +310,7 @@ def _log_start(trainer: TrainerConfig, run_dir: Path, s: SetUp) -> None:
     for note in s.notes or []:
         log.warning(note)
     if s.world.distributed:
-        log.info(_sharding(trainer, len(s.data.train), s.world))
+        log.info(Shard(s.world.rank, s.world.size).describe(len(s.data.train), trainer.batch_size))
     if s.resumed_from is not None:
         state = s.state
         log.info(
@@ -374,20 +374,6 @@ def _log_inputs(trainer: TrainerConfig, parts: Parts, events: metrics.Events) ->
         metrics.log_graph(events, checkpoint.unwrap(parts.model), x[:2])
     if tb.example_images and x.dim() == 4:
         metrics.log_examples(events, x[: tb.example_images])
-
-
-def _sharding(trainer: TrainerConfig, n: int, world: distributed.World) -> str:
-    batch, size = trainer.batch_size, world.size
-    line = (
-        f"DDP: {size} processes; trainer.batch_size={batch} is the global batch, "
-        f"{batch // size} samples per process"
-    )
-    tail = n % batch
-    if tail % size:
-        kept = tail - tail % size
-        cut = f"trimmed to {kept}" if kept else "dropped"
-        line += f"; each epoch's last batch ({tail} samples) is {cut}, a multiple of {size}"
-    return line
 
 
 def _environment(

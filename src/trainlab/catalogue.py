@@ -1,0 +1,99 @@
+"""What the catalogue's options promise each other: the metrics each kind of task reports,
+the tasks each loss fits, and the check of a loss node against its dataset node. No torch:
+config.check uses it before anything is built."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from trainlab.errors import ConfigError
+
+# What each kind of task measures on every split (train/, val/, test/). Multi-label runs add
+# f1_<i> per label; multi-task runs add <head>_<metric> for each head's own task.
+TASK_METRICS = {
+    "classification": ("loss", "acc"),
+    "binary": ("loss", "acc"),
+    "regression": ("loss", "rmse", "mae"),
+    "multilabel": ("loss", "f1"),
+    "segmentation": ("loss", "dice", "iou"),
+    "multitask": ("loss",),
+}
+LOWER_IS_BETTER = ("loss", "rmse", "mae")
+
+# The tasks each loss fits, and its option name in conf/loss/ (for messages). A `_target_` not
+# listed here (your own loss) is not checked; the preflight pass still runs it once.
+LOSS_TASKS = {
+    "torch.nn.CrossEntropyLoss": ("cross_entropy", ("classification", "segmentation")),
+    "torch.nn.NLLLoss": ("nll", ("classification", "segmentation")),
+    "torch.nn.MultiMarginLoss": ("multi_margin", ("classification",)),
+    "trainlab.losses.MSELoss": ("mse", ("regression", "classification")),
+    "torch.nn.L1Loss": ("l1", ("regression",)),
+    "torch.nn.SmoothL1Loss": ("smooth_l1", ("regression",)),
+    "torch.nn.HuberLoss": ("huber", ("regression",)),
+    "trainlab.losses.LogCoshLoss": ("log_cosh", ("regression",)),
+    "torch.nn.BCEWithLogitsLoss": ("bce_with_logits", ("binary", "multilabel")),
+    "torch.nn.SoftMarginLoss": ("soft_margin", ("binary", "multilabel")),
+    "trainlab.losses.DiceLoss": ("dice", ("segmentation",)),
+    "trainlab.losses.MultiTaskLoss": ("multi_task", ("multitask",)),
+}
+# Binary targets come as {negative_label, 1}: BCE wants 0/1, the soft margin -1/+1.
+NEGATIVE_LABEL = {"torch.nn.BCEWithLogitsLoss": 0.0, "torch.nn.SoftMarginLoss": -1.0}
+
+
+def metric_names(dataset: DictConfig) -> list[str]:
+    """Every metric a run on this dataset reports per split (without the split prefix)."""
+    names = list(TASK_METRICS[dataset.task])
+    if dataset.task == "multilabel":
+        names += [f"f1_{i}" for i in range(dataset.num_outputs)]
+    if dataset.task == "multitask":
+        for head, spec in dataset.heads.items():
+            names += [f"{head}_{m}" for m in TASK_METRICS[spec.task] if m != "loss"]
+    return names
+
+
+def check_loss(loss: DictConfig, dataset: DictConfig, key: str) -> None:
+    """The loss fits the dataset's task, its targets and its class count."""
+    target = loss._target_
+    if "reduction" in loss and loss.reduction != "mean":
+        raise ConfigError(
+            f"{key}.reduction={loss.reduction}: must be mean; trainlab weights each batch's "
+            "mean loss by the batch size to report exact epoch means"
+        )
+    if target in LOSS_TASKS:
+        option, tasks = LOSS_TASKS[target]
+        if dataset.task not in tasks:
+            fitting = [name for name, t in LOSS_TASKS.values() if dataset.task in t]
+            raise ConfigError(
+                f"{key}={option} fits {' or '.join(tasks)} targets, but dataset.task="
+                f"{dataset.task}; use {key}= one of {', '.join(fitting)}"
+            )
+    if target in NEGATIVE_LABEL and dataset.get("negative_label") != NEGATIVE_LABEL[target]:
+        want = NEGATIVE_LABEL[target]
+        raise ConfigError(
+            f"dataset.negative_label={dataset.get('negative_label')}: {key}="
+            f"{LOSS_TASKS[target][0]} needs targets in {{{want:g}, 1}}; set "
+            f"dataset.negative_label={want:g}"
+        )
+    # Class weights come one per class; BCE's weight and pos_weight one per output.
+    per_output = target == "torch.nn.BCEWithLogitsLoss"
+    for name in ("weight", "pos_weight"):
+        value = loss.get(name)
+        unit = "output" if per_output or name == "pos_weight" else "class"
+        width = dataset.num_outputs if unit == "output" else dataset.get("num_classes")
+        if value is not None and width is not None and len(value) != width:
+            units = "classes" if unit == "class" else "outputs"
+            raise ConfigError(
+                f"{key}.{name} has {len(value)} values but the dataset has {width} {units} "
+                f"(dataset.num_{units}); give one per {unit}"
+            )
+    smoothing = loss.get("label_smoothing")
+    if smoothing is not None and not 0.0 <= smoothing < 1.0:
+        raise ConfigError(f"{key}.label_smoothing={smoothing}: must be in [0, 1)")
+    if target == "trainlab.losses.MultiTaskLoss":
+        for head, sub in loss.losses.items():
+            if head not in dataset.heads:
+                raise ConfigError(
+                    f"{key}.losses.{head}: the dataset has no head {head!r}; heads: "
+                    f"{', '.join(dataset.heads)}"
+                )
+            check_loss(sub, dataset.heads[head], f"{key}.losses.{head}")
