@@ -217,7 +217,7 @@ MUTANTS = [
     # -- one home per concept (issue 13) --
     Mutant("metrics.csv keeps what a crashed attempt wrote after its checkpoint",
            T + "metrics.py", "                if step < purge_step:", "                if True:",
-           ("tests/test_reporting.py", "-k", "duplicate_or_missing")),
+           ("tests/test_reporting.py", "-k", "re_paced_resume")),
     Mutant("the sinks are not flushed before a save", T + "loop.py",
            "    events.flush()\n    checkpoint.save(", "    checkpoint.save(",
            ("tests/test_chaos.py", "-k", "ten_random")),

@@ -50,6 +50,23 @@ def test_a_resumed_run_has_no_duplicate_or_missing_csv_rows(make_cfg, tmp_path, 
     assert steps == sorted(set(steps)) == [int(r["step"]) for r in csv_rows(straight)[1]]
 
 
+def test_a_re_paced_resume_drops_the_rows_logged_after_the_checkpoint(
+    make_cfg, tmp_path, monkeypatch
+):
+    """A deterministic resume logs what the crashed attempt logged, so only a resume that logs
+    at other steps shows whether those rows were dropped."""
+    run_dir = rundir.claim(tmp_path / "run")
+    interrupt_at(monkeypatch, 45, "crash")  # checkpoint at 40, rows up to 42 written
+    with pytest.raises(SystemExit):
+        train.run(make_cfg(*RUN), run_dir, launch=None)
+    monkeypatch.undo()
+    pace = ["trainer.log_every_n_steps=5"]
+    assert train.resume(run_dir, pace, [], argv=["trainlab", "resume"]) == 0
+    steps = [int(r["step"]) for r in csv_rows(run_dir)[1]]
+    assert 42 not in steps and {35, 36, 45, 50} <= set(steps)
+    assert csv_scalars(run_dir) == tb_scalars(run_dir)
+
+
 def test_a_start_over_in_place_keeps_no_row_of_the_attempt_before(make_cfg, tmp_path):
     run_dir = rundir.claim(tmp_path / "run")
     (run_dir / "metrics.csv").write_text("step,train/loss\n3,9.0\n")

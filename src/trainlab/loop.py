@@ -70,13 +70,13 @@ def fit(
     events: Events,
     saver: Saver,
     stop: StopRequest,
-    progress: Progress | None = None,
+    progress_mode: str = ProgressMode.none,
 ) -> LoopState:
     """Train until trainer.max_epochs (or max_steps) or early stopping; return the final state.
     A stop request (a signal) saves at the next step boundary and raises Interrupted."""
     cadence = Cadence(trainer, len(parts.train), parts.check_every_step, stop, parts.train.device)
     clock = Clock(state)
-    progress = progress or Progress(ProgressMode.none, cadence.max_epochs, cadence.steps_per_epoch)
+    progress = Progress(progress_mode, cadence.max_epochs, cadence.steps_per_epoch)
     parts.model.train()
     try:
         while not cadence.finished(state):

@@ -40,7 +40,7 @@ from trainlab import (
     rundir,
 )
 from trainlab.checkpoint_files import Saver
-from trainlab.config import TrainerConfig
+from trainlab.config import ProgressMode, TrainerConfig
 from trainlab.console import console_and_log_file
 from trainlab.continuation import Resume
 from trainlab.data import Data, Shard, build_data, epoch_seed
@@ -48,7 +48,6 @@ from trainlab.errors import Diverged, TrainlabError, first_line
 from trainlab.loop import fit
 from trainlab.parts import LoopState, Parts, build_parts, seed_everything, setup_torch
 from trainlab.preflight import preflight
-from trainlab.progress import Progress
 from trainlab.signals import Interrupted, graceful_stop
 
 log = logging.getLogger(__name__)
@@ -233,12 +232,9 @@ def run(
                 _log_inputs(trainer, s.parts, events)
             context = {"config": OmegaConf.to_yaml(cfg, resolve=True), "environment": s.environment}
             saver = Saver(ckpt_dir, trainer.checkpoint, context, world.main)
-            steps_per_epoch = -(-len(s.parts.train) // trainer.accumulate_grad_batches)
-            max_epochs = trainer.max_epochs if trainer.max_steps is None else None
-            mode = trainer.progress if world.main else "none"
-            progress = Progress(mode, max_epochs, steps_per_epoch)
             if s.rng is not None:
                 checkpoint.restore_rng(s.rng)  # the last thing before training continues
+            progress = trainer.progress if world.main else ProgressMode.none
             state = fit(trainer, s.parts, state, events, saver, stop, progress)
             outcome = results.test(cfg, trainer, ckpt_dir, s.parts, s.data, state, world)
             # A signal during the test: the last checkpoint is the final one, so a resume
