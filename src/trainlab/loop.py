@@ -93,12 +93,12 @@ def fit(
                         continue  # a non-finite loss, skipped (trainer.nan_policy=skip)
                     progress.advance()
                     if cadence.log_now(state):
-                        progress.show(_log_interval(events, parts, sums, state.step))
+                        progress.show(_log_point(events, parts, sums, state.step))
                     if cadence.last_step(state):
                         break
                     if cadence.mid_epoch(state):  # the epoch's end saves on its own
                         _save_mid_epoch(events, saver, parts, state, sums, cadence)
-            _log_interval(events, parts, sums, state.step)
+            _log_point(events, parts, sums, state.step)
             progress.end_epoch()
             improved = _end_epoch(trainer, parts, state, sums, events, epoch_start, cadence)
             clock.tick(state)
@@ -199,11 +199,14 @@ class Clock:
 
 
 class RunningSums:
-    """The epoch's running sums and the current log interval's: batches add into `interval`,
-    each log point folds it into `epoch`. A save in the middle of an epoch keeps both."""
+    """The epoch's running sums and those since the last log point: batches add into
+    `since_log`, each log point folds it into `epoch`. A save in the middle of an epoch keeps
+    both."""
 
-    def __init__(self, task: Task, device: torch.device, epoch: tasks.Sums, interval: tasks.Sums):
-        self.task, self.device, self.epoch, self.interval = task, device, epoch, interval
+    def __init__(
+        self, task: Task, device: torch.device, epoch: tasks.Sums, since_log: tasks.Sums
+    ) -> None:
+        self.task, self.device, self.epoch, self.since_log = task, device, epoch, since_log
 
     @classmethod
     def start(cls, task: Task, device: torch.device, state: LoopState) -> RunningSums:
@@ -211,19 +214,20 @@ class RunningSums:
         if state.partial_sums is None:
             return cls(task, device, tasks.new_sums(task, device), tasks.new_sums(task, device))
         saved, state.partial_sums = state.partial_sums, None
-        epoch, interval = (tasks.from_state(saved[k], device) for k in ("epoch", "interval"))
-        return cls(task, device, epoch, interval)
+        # "interval": the checkpoint's name for the sums since the last log point.
+        epoch, since_log = (tasks.from_state(saved[k], device) for k in ("epoch", "interval"))
+        return cls(task, device, epoch, since_log)
 
     def add(self, results: list[tuple[Tensor, Any]], group: list[tuple[Tensor, Target]]) -> None:
         for (loss, output), (_, y) in zip(results, group, strict=True):
-            tasks.accumulate(self.task, self.interval, loss, output, y)
+            tasks.accumulate(self.task, self.since_log, loss, output, y)
 
     def fold(self) -> None:
-        tasks.add(self.task, self.epoch, self.interval)
-        self.interval = tasks.new_sums(self.task, self.device)
+        tasks.add(self.task, self.epoch, self.since_log)
+        self.since_log = tasks.new_sums(self.task, self.device)
 
     def saved(self) -> dict[str, tasks.Sums]:
-        return {"epoch": self.epoch, "interval": self.interval}
+        return {"epoch": self.epoch, "interval": self.since_log}
 
 
 def _optimizer_step(
@@ -249,10 +253,10 @@ def _optimizer_step(
     return True
 
 
-def _log_interval(events: Events, parts: Parts, sums: RunningSums, step: int) -> dict[str, float]:
-    """Log the interval's train/* means and the learning rates, fold the interval into the
-    epoch; returns the means."""
-    scalars = _log_train(events, parts.task, sums.interval, parts.optimizer, step)
+def _log_point(events: Events, parts: Parts, sums: RunningSums, step: int) -> dict[str, float]:
+    """Log the train/* means since the last log point and the learning rates, and fold those
+    sums into the epoch's; returns the means."""
+    scalars = _log_train(events, parts.task, sums.since_log, parts.optimizer, step)
     sums.fold()
     return scalars
 
@@ -278,7 +282,7 @@ def _end_epoch(
     if parts.scheduler is not None and parts.scheduler_interval == Interval.epoch:
         _step_per_epoch(parts.scheduler, record.get(trainer.monitor))
     state.history.append(record)
-    # train/* went out with the last interval above; the epoch adds val/* and time/*.
+    # train/* went out at the last log point above; the epoch adds val/* and time/*.
     events.scalars({k: v for k, v in record.items() if k.startswith(("val/", "time/"))}, state.step)
     log.info(format_epoch(state.epoch, cadence.max_epochs, record))
     histograms = trainer.tensorboard.histograms_every_n_epochs
