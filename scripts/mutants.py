@@ -236,6 +236,13 @@ MUTANTS = [
            '"trainer.resume", "trainer.progress",',
            '"trainer.resume", "trainer.progress", "trainer.limit_train_batches",',
            ("tests/test_switches.py", "-k", "resume_refuses")),
+    # -- an installable product (issue 14, first steps) --
+    Mutant("a relative dataset.path is stored as typed", T + "runconfig.py",
+           'DATASET_PATH_KEYS = ("path", "test_path", "root", "train_dir", "test_dir")',
+           "DATASET_PATH_KEYS = ()", ("tests/test_edges.py", "-k", "relative_paths")),
+    Mutant("a misspelt dotpath gets no suggestion", T + "targets.py",
+           "    near = difflib.get_close_matches(name, names, n=1)", "    near = []",
+           ("tests/test_errors.py", "-k", "dotpath and misspelt")),
     Mutant("adam's lr drifts to torch's default unnoticed", "conf/optimizer/adam.yaml",
            "lr: 0.01 ", "lr: 0.001", ("tests/test_defaults.py",)),
 ]  # fmt: skip

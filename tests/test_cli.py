@@ -143,3 +143,19 @@ def test_a_diverging_run_exits_3_with_status_diverged(tmp_path, data_dir):
     )
     (run_dir,) = run_folders(tmp_path)
     assert json.loads((run_dir / "status.json").read_text())["status"] == "diverged"
+
+
+def test_version_names_trainlab_torch_cuda_and_python(tmp_path):
+    import platform
+    from importlib.metadata import version
+
+    import torch
+
+    import trainlab
+
+    done = run_cli("--version", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout.strip()
+    assert out.startswith(f"trainlab {trainlab.__version__} (torch {torch.__version__}, CUDA ")
+    assert out.endswith(f"Python {platform.python_version()})")
+    assert trainlab.__version__ == version("trainlab")  # the package's version, not a stale copy

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import files
@@ -546,3 +547,31 @@ def test_an_output_dir_that_is_a_file_or_read_only_is_one_line(tmp_path, capsys,
     if os.geteuid() != 0:  # root writes anywhere
         (tmp_path / "ro").mkdir(mode=0o500)
         assert cli.main(["train", "paths.output_dir=ro", "trainer.max_epochs=1"]) == 2
+
+
+def test_relative_paths_are_stored_absolute_and_every_verb_works_from_another_folder(
+    tmp_path, data_dir, monkeypatch
+):
+    launch, elsewhere = tmp_path / "launch", tmp_path / "elsewhere"
+    launch.mkdir()
+    elsewhere.mkdir()
+    files.write_csv(launch / "table.csv", rows=90)
+    monkeypatch.chdir(launch)
+    args = ["train", "dataset=csv", "model=mlp", "dataset.features=[f1,f2,f3,f4]",
+            "dataset.path=table.csv", "paths.output_dir=out", f"paths.data_dir={data_dir}",
+            "trainer.max_epochs=2", "trainer.batch_size=16"]  # fmt: skip
+    assert cli.main(args) == 0
+    (run,) = (launch / "out" / "runs").iterdir()
+    stored = OmegaConf.load(run / "config.yaml")
+    assert stored.dataset.path == str(launch / "table.csv")
+    assert stored.paths.output_dir == str(launch / "out")
+    tested = json.loads((run / "metrics.json").read_text())["test"]
+
+    monkeypatch.chdir(elsewhere)  # a user in another folder
+    assert cli.main(["eval", str(run)]) == 0
+    assert json.loads((run / "eval" / "test-best.json").read_text())["metrics"] == tested
+    files.write_csv(elsewhere / "new.csv", rows=5, seed=3)
+    assert cli.main(["predict", str(run), "--input", "new.csv", "--output", "p.csv"]) == 0
+    assert len((elsewhere / "p.csv").read_text().splitlines()) == 6
+    assert cli.main(["resume", str(run), "trainer.max_epochs=3"]) == 0
+    assert json.loads((run / "metrics.json").read_text())["epochs"] == 3

@@ -62,6 +62,9 @@ CASES = [
     ("resume of a non-run folder", ["resume", "{tmp}"], 2, "no config.yaml here"),
     ("eval without checkpoints", ["eval", "{tmp}/unsaved"], 2, "unsaved: no checkpoints"),
     ("export of a non-run folder", ["export", "{tmp}"], 2, "no config.yaml here"),
+    ("dotpath misspelt", ["train", "model=mlp", "model._target_=trainlab.models.MPL"], 2,
+     "model._target_=trainlab.models.MPL: trainlab.models has no MPL; did you mean "
+     "trainlab.models.MLP?"),
     ("unknown verb", ["fit"], 2, "unknown verb 'fit'"),
     ("two Hydra modes", ["train", "--cfg", "job", "--info", "all"], 2,
      "Only one of --run, --multirun, --cfg, --info"),
@@ -100,6 +103,24 @@ def test_bad_input_says_which_key_and_leaves_nothing(
     assert [line for line in stderr.splitlines() if line.strip()] == [stderr.strip()]
     assert not (tmp_path / "outputs").exists(), "a rejected run left a folder"
     assert not (Path(bad_inputs["tmp"]) / "unsaved" / "eval").exists()
+
+
+def test_a_module_that_is_not_importable_is_one_line_and_leaves_no_folder(
+    tmp_path, data_dir, monkeypatch, capsys
+):
+    """The user's own package, allowed by TRAINLAB_TARGETS, but not importable from here (run
+    from another folder, or without PYTHONPATH=.)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TRAINLAB_TARGETS", "mymodels")
+    args = ["train", "model=mlp", "model._target_=mymodels.Net", f"paths.data_dir={data_dir}"]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [
+        "error: model._target_=mymodels.Net: there is no module mymodels here; install its "
+        "package, or run from the folder that holds mymodels.py (or mymodels/) with "
+        "PYTHONPATH=. so Python finds it"
+    ]
+    assert not (tmp_path / "outputs").exists()
 
 
 def test_full_error_shows_the_traceback(tmp_path, data_dir):

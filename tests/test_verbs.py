@@ -257,6 +257,19 @@ def test_tensorboard_serves_a_run_on_loopback_only(finished_run, tmp_path):
         proc.wait(timeout=30)
 
 
+def test_tensorboard_on_a_busy_port_is_one_line_with_the_fix(finished_run, capsys):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert cli.main(["tensorboard", str(finished_run), "--port", str(port)]) == 2
+    err = capsys.readouterr().err  # (TensorBoard's own NOTE on its data loader comes first)
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == (
+        f"error: --port {port} is in use (another TensorBoard?); pick another with "
+        f"--port {port + 1}, or --port 0 for any free one"
+    )
+
+
 @pytest.mark.slow
 def test_tensorboard_bind_all_warns_and_listens_on_every_interface(finished_run):
     proc = subprocess.Popen(

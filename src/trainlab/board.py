@@ -23,7 +23,15 @@ def serve(logdir: Path, port: int, bind_all: bool) -> int:
     where = ["--bind_all"] if bind_all else ["--host", "127.0.0.1"]
     board = program.TensorBoard()
     board.configure(argv=[None, "--logdir", str(logdir), "--port", str(port), *where])
-    url = board.launch()
+    try:
+        url = board.launch()
+    except program.TensorBoardPortInUseError:
+        print(
+            f"error: --port {port} is in use (another TensorBoard?); pick another with "
+            f"--port {port + 1}, or --port 0 for any free one",
+            file=sys.stderr,
+        )
+        return 2
     print(f"TensorBoard {logdir} at {url} (Ctrl-C stops it)", flush=True)
     try:
         while True:

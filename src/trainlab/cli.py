@@ -36,6 +36,7 @@ verbs:
   tensorboard [DIR]     TensorBoard on 127.0.0.1 over DIR (default outputs/)
 
 `trainlab <verb> --help` says more; `trainlab train --help` lists the config groups and options.
+`trainlab --version`: trainlab, torch, CUDA and Python versions.
 """
 
 _task_entered = False
@@ -369,12 +370,31 @@ VERBS = {
 }
 
 
+def version() -> str:
+    """What a bug report needs first: trainlab, torch and the CUDA it was built with, Python."""
+    import platform
+
+    import torch
+
+    import trainlab
+
+    cuda = torch.version.cuda or "none"
+    gpu = ", a GPU is visible" if torch.cuda.is_available() else ", no GPU visible"
+    return (
+        f"trainlab {trainlab.__version__} (torch {torch.__version__}, CUDA {cuda}{gpu}, "
+        f"Python {platform.python_version()})"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE, end="")
         return 0 if argv else EXIT_CONFIG
     verb, rest = argv[0], argv[1:]
+    if verb in ("--version", "-V"):
+        print(version())
+        return 0
     if verb not in VERBS:
         print(
             f"error: unknown verb {verb!r}; verbs: {', '.join(VERBS)} (trainlab --help)",

@@ -31,11 +31,23 @@ def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     return out
 
 
+# A dataset node's keys that name files or folders (the loaders in datasets.py and synthetic.py).
+DATASET_PATH_KEYS = ("path", "test_path", "root", "train_dir", "test_dir")
+
+
 def absolute_paths(cfg: DictConfig) -> None:
-    """paths.* are relative to the launch folder; config.yaml must say the same thing to a
-    `trainlab resume` started anywhere else."""
+    """Path keys (paths.*, and a dataset's path, test_path, root, train_dir, test_dir) are
+    relative to the launch folder as typed; config.yaml must say the same thing to a `trainlab
+    resume`, `eval` or `predict` started anywhere else, so they are stored absolute. A URL is
+    left as it is."""
     for key in cfg.paths:
         cfg.paths[key] = str(Path(cfg.paths[key]).resolve())
+    for key in DATASET_PATH_KEYS:
+        if key not in cfg.dataset:  # only the datasets read from files have them
+            continue
+        value = cfg.dataset[key]
+        if isinstance(value, str) and "://" not in value:
+            cfg.dataset[key] = str(Path(value).expanduser().resolve())
 
 
 def load_run_config(run_dir: Path) -> DictConfig:

@@ -15,6 +15,7 @@ only), and its logging configs only `logging`/`colorlog` classes (dictConfig's `
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
 from types import ModuleType
@@ -94,7 +95,9 @@ def check_one(target: str, key: str) -> Any:
     )  # fmt: skip
     if not _under(target, prefixes) or _under(target, DENIED):
         raise ConfigError(f"{key}={target}: not an allowed target; {hint}")
-    obj, reason = _resolve(target)
+    obj, reason, missing = _resolve(target)
+    if missing:  # allowed, but not there: a typo, or a module that is not importable here
+        raise ConfigError(f"{key}={target}: {reason}")
     if reason is not None:
         raise ConfigError(f"{key}={target}: not an allowed target: {reason}; {hint}")
     where = _defined_at(obj)
@@ -108,15 +111,20 @@ def check_one(target: str, key: str) -> Any:
     return obj
 
 
-def _resolve(target: str) -> tuple[Any, str | None]:
-    """hydra._internal.utils._locate's walk, refusing the steps that leave the package."""
+def _resolve(target: str) -> tuple[Any, str | None, bool]:
+    """hydra._internal.utils._locate's walk, refusing the steps that leave the package. Returns
+    (object, why not, whether the reason is only that the name does not exist here)."""
     parts = target.split(".")
     if any(not p or p.startswith("__") for p in parts):
-        return None, "every dotted part must be a plain name"
+        return None, "every dotted part must be a plain name", False
     try:
         obj: Any = importlib.import_module(parts[0])
+    except ModuleNotFoundError as e:
+        if e.name != parts[0]:
+            return None, f"cannot import {parts[0]} ({e.__class__.__name__}: {e})", False
+        return None, _not_importable(parts[0]), True
     except Exception as e:
-        return None, f"cannot import {parts[0]} ({e.__class__.__name__})"
+        return None, f"cannot import {parts[0]} ({e.__class__.__name__})", False
     for i, part in enumerate(parts[1:], start=1):
         here = ".".join(parts[: i + 1])
         if hasattr(obj, part):
@@ -124,15 +132,34 @@ def _resolve(target: str) -> tuple[Any, str | None]:
         elif isinstance(obj, ModuleType):
             try:
                 child = importlib.import_module(here)
+            except ModuleNotFoundError as e:
+                if e.name != here:
+                    return None, f"cannot import {here} ({e.__class__.__name__}: {e})", False
+                return None, _no_such(obj, part), True
             except Exception as e:
-                return None, f"cannot import {here} ({e.__class__.__name__})"
+                return None, f"cannot import {here} ({e.__class__.__name__})", False
         else:
-            return None, f"{'.'.join(parts[:i])} has no attribute {part}"
+            return None, f"{'.'.join(parts[:i])} has no attribute {part}", False
         if isinstance(child, ModuleType) and child.__name__ != here:
             # A module attribute that is another package (trainlab.checkpoint.torch).
-            return None, f"{here} is the module {child.__name__}, not a submodule of {obj.__name__}"
+            reason = f"{here} is the module {child.__name__}, not a submodule of {obj.__name__}"
+            return None, reason, False
         obj = child
-    return obj, None
+    return obj, None, False
+
+
+def _not_importable(module: str) -> str:
+    return (
+        f"there is no module {module} here; install its package, or run from the folder that "
+        f"holds {module}.py (or {module}/) with PYTHONPATH=. so Python finds it"
+    )
+
+
+def _no_such(module: ModuleType, name: str) -> str:
+    names = [n for n in dir(module) if not n.startswith("_")]
+    near = difflib.get_close_matches(name, names, n=1)
+    hint = f"; did you mean {module.__name__}.{near[0]}?" if near else ""
+    return f"{module.__name__} has no {name}{hint}"
 
 
 def _defined_at(obj: Any) -> str:

@@ -127,6 +127,7 @@ def resume(run_dir: Path, overrides: list[str], allow: list[str], argv: list[str
     try:
         stored = runconfig.load_run_config(run_dir)
         cfg = runconfig.apply_overrides(stored, overrides)
+        runconfig.absolute_paths(cfg)  # an override's relative path means the folder it is typed in
         config.check(cfg)
         found = continuation.changes(stored, cfg)
         continuation.check_resume_changes(found, allow)
