@@ -55,6 +55,12 @@ def test_help_and_cfg_answer_without_importing_torch():
         in help_text
     )
     assert "scheduler: cosine, cosine_warm_restarts, exponential, lambda_warmup" in help_text
+    # Each group's default, as conf/train.yaml's defaults list picks it.
+    assert ", sequential, torchvision (default: cnn1d)\n" in help_text
+    assert "  optimizer: adadelta, " in help_text and ", sgd (default: adam)\n" in help_text
+    assert (
+        "  experiment: binary, " in help_text and ", segmentation (none by default)\n" in help_text
+    )
 
 
 @pytest.mark.slow

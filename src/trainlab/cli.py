@@ -71,9 +71,13 @@ def train_help() -> str:
         "",
         "config groups (conf/<group>/<option>.yaml):",
     ]
+    defaults = _group_defaults()
     for group in groups:
         options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
-        lines.append(f"  {group}: {', '.join(options)}")
+        default = ""
+        if group in defaults:
+            default = f" (default: {defaults[group]})" if defaults[group] else " (none by default)"
+        lines.append(f"  {group}: {', '.join(options)}{default}")
     lines += [
         "  (and Hydra's own: hydra/launcher=joblib for parallel local jobs, hydra/sweeper=basic)",
         "",
@@ -87,6 +91,20 @@ def train_help() -> str:
         "trainlab train --hydra-help  Hydra's own flags (--multirun, --cfg, --info, ...)",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _group_defaults() -> dict[str, str | None]:
+    """group -> the option conf/train.yaml's defaults list picks (None: no option)."""
+    import yaml
+
+    listed = yaml.safe_load((CONF_DIR / "train.yaml").read_text()).get("defaults") or []
+    entries = (item for item in listed if isinstance(item, dict))
+    return {
+        group: option
+        for entry in entries
+        for group, option in entry.items()
+        if not group.startswith("override ")
+    }
 
 
 def train(args: list[str]) -> int:
