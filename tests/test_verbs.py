@@ -257,14 +257,16 @@ def test_tensorboard_serves_a_run_on_loopback_only(finished_run, tmp_path):
         proc.wait(timeout=30)
 
 
-def test_tensorboard_on_a_busy_port_is_one_line_with_the_fix(finished_run, capsys):
+@pytest.mark.slow
+def test_tensorboard_on_a_busy_port_is_one_line_with_the_fix(finished_run, tmp_path):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        assert cli.main(["tensorboard", str(finished_run), "--port", str(port)]) == 2
-    err = capsys.readouterr().err  # (TensorBoard's own NOTE on its data loader comes first)
-    assert "Traceback" not in err and err.strip().splitlines()[-1] == (
+        done = run_cli("tensorboard", str(finished_run), "--port", str(port), cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    # (TensorBoard's own NOTE on its data loader may come first)
+    assert "Traceback" not in done.stderr and done.stderr.strip().splitlines()[-1] == (
         f"error: --port {port} is in use (another TensorBoard?); pick another with "
         f"--port {port + 1}, or --port 0 for any free one"
     )
