@@ -85,6 +85,11 @@ def test_the_csv_sink_drops_purged_steps_and_a_row_a_kill_cut_in_half(tmp_path):
     assert path.read_text() == (
         "step,train/loss,val/acc\n5,0.5,\n10,0.25,0.75\n15,0.125,\n20,0.1,\n"
     )
+    hostile = tmp_path / "hostile.csv"  # a file someone else wrote: what does not parse is dropped
+    hostile.write_text("step,train/loss\n5,0.5\nsix,0.1\n7,not a number\n\x00\x01\n8,0.25\n")
+    sink = CsvSink(hostile, purge_step=100)
+    sink.close()
+    assert hostile.read_text() == "step,train/loss\n5,0.5\n8,0.25\n"
     half = tmp_path / "half.csv"
     half.write_text("step,train/loss\n5,0.5\n10,0.2")  # no newline: the kill came mid-row
     sink = CsvSink(half, purge_step=100)

@@ -85,8 +85,8 @@ def eval_run(run_dir: Path, which: str, split: str) -> int:
         data = build_data(cfg.dataset, device)
         rows = {"test": data.test, "val": data.val}[split]
         # The whole split, whatever the run's limit_*_batches were: eval measures the split.
-        trainer = dataclasses.replace(config.trainer_of(cfg), fast_dev_run=False)
-        trainer.limit_val_batches = trainer.overfit_batches = None
+        whole = {"fast_dev_run": False, "limit_val_batches": None, "overfit_batches": None}
+        trainer = dataclasses.replace(config.trainer_of(cfg), **whole)
         loss_fn = build_loss(cfg.loss).to(device)
         started = time.perf_counter()
         task = tasks.task_of(cfg.dataset, data.held_targets())
