@@ -137,7 +137,7 @@ MUTANTS = [
            "state.nan_skips < trainer.nan_skip_limit", "True",
            ("tests/test_options.py", "-k", "nan_skip")),
     Mutant("scheduler not stepped per step", T + "loop.py",
-           "        _step_per_batch(parts.scheduler, cadence.fractional_epoch(state))",
+           "        schedules.step_per_batch(parts.scheduler, cadence.fractional_epoch(state))",
            "        pass",
            ("tests/test_optim.py", "-k", "traces and onecycle")),
     Mutant("RNG not restored on resume", T + "checkpoint.py",

@@ -17,10 +17,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import CosineAnnealingWarmRestarts, LRScheduler, ReduceLROnPlateau
 
 import trainlab
-from trainlab import checkpoint, distributed, metrics, tasks
+from trainlab import checkpoint, distributed, metrics, schedules, tasks
 from trainlab.checkpoint_files import Saver
 from trainlab.config import Interval, NanPolicy, ProgressMode, TrainerConfig, monitor_mode
 from trainlab.console import format_epoch
@@ -198,15 +197,16 @@ class Clock:
         state.train_s, self.last = state.train_s + now - self.last, now
 
 
+@dataclass
 class RunningSums:
     """The epoch's running sums and those since the last log point: batches add into
     `since_log`, each log point folds it into `epoch`. A save in the middle of an epoch keeps
     both."""
 
-    def __init__(
-        self, task: Task, device: torch.device, epoch: tasks.Sums, since_log: tasks.Sums
-    ) -> None:
-        self.task, self.device, self.epoch, self.since_log = task, device, epoch, since_log
+    task: Task
+    device: torch.device
+    epoch: tasks.Sums
+    since_log: tasks.Sums
 
     @classmethod
     def start(cls, task: Task, device: torch.device, state: LoopState) -> RunningSums:
@@ -249,7 +249,7 @@ def _optimizer_step(
     state.step += 1
     state.batch_in_epoch += len(group)
     if parts.scheduler is not None and parts.scheduler_interval == Interval.step:
-        _step_per_batch(parts.scheduler, cadence.fractional_epoch(state))
+        schedules.step_per_batch(parts.scheduler, cadence.fractional_epoch(state))
     return True
 
 
@@ -280,7 +280,7 @@ def _end_epoch(
             record |= evaluate(model, parts.val, parts.loss_fn, parts.task, "val", parts.precision)
     improved = _track_best(trainer, state, record)
     if parts.scheduler is not None and parts.scheduler_interval == Interval.epoch:
-        _step_per_epoch(parts.scheduler, record.get(trainer.monitor))
+        schedules.step_per_epoch(parts.scheduler, record.get(trainer.monitor))
     state.history.append(record)
     # train/* went out at the last log point above; the epoch adds val/* and time/*.
     events.scalars({k: v for k, v in record.items() if k.startswith(("val/", "time/"))}, state.step)
@@ -328,24 +328,6 @@ def _groups(batches: Iterator[tuple[Tensor, Target]], size: int) -> Iterator[lis
             group = []
     if group:
         yield group
-
-
-def _step_per_batch(scheduler: LRScheduler, fractional_epoch: float) -> None:
-    # CosineAnnealingWarmRestarts counts epochs: the torch docs step it each batch with the
-    # fractional epoch. Every other scheduler counts its calls.
-    if isinstance(scheduler, CosineAnnealingWarmRestarts):
-        scheduler.step(fractional_epoch)
-    else:
-        scheduler.step()
-
-
-def _step_per_epoch(scheduler: LRScheduler, monitored: float | None) -> None:
-    # ReduceLROnPlateau steps on the monitored metric, only after epochs that measured it.
-    if isinstance(scheduler, ReduceLROnPlateau):
-        if monitored is not None:
-            scheduler.step(monitored)
-    else:
-        scheduler.step()
 
 
 def _log_train(

@@ -1,4 +1,5 @@
-"""LR schedules torch lacks: linear warmup, then a named decay, as a LambdaLR."""
+"""LR schedules torch lacks (linear warmup, then a named decay, as a LambdaLR), and how the loop
+steps a scheduler: per optimizer step or per epoch, as each kind wants."""
 
 from __future__ import annotations
 
@@ -6,7 +7,12 @@ import math
 from dataclasses import dataclass
 
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LambdaLR
+from torch.optim.lr_scheduler import (
+    CosineAnnealingWarmRestarts,
+    LambdaLR,
+    LRScheduler,
+    ReduceLROnPlateau,
+)
 
 from trainlab.errors import ConfigError
 
@@ -54,3 +60,23 @@ def lambda_warmup(
         )
     schedule = WarmupThenDecay(warmup_steps, start_factor, decay, total_steps, min_factor)
     return LambdaLR(optimizer, schedule, last_epoch=last_epoch)
+
+
+def step_per_batch(scheduler: LRScheduler, fractional_epoch: float) -> None:
+    """One step of a scheduler with interval: step, after an optimizer step."""
+    # CosineAnnealingWarmRestarts counts epochs: the torch docs step it each batch with the
+    # fractional epoch. Every other scheduler counts its calls.
+    if isinstance(scheduler, CosineAnnealingWarmRestarts):
+        scheduler.step(fractional_epoch)
+    else:
+        scheduler.step()
+
+
+def step_per_epoch(scheduler: LRScheduler, monitored: float | None) -> None:
+    """One step of a scheduler with interval: epoch, after the epoch's validation."""
+    # ReduceLROnPlateau steps on the monitored metric, only after epochs that measured it.
+    if isinstance(scheduler, ReduceLROnPlateau):
+        if monitored is not None:
+            scheduler.step(monitored)
+    else:
+        scheduler.step()
