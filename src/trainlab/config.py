@@ -21,8 +21,10 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from trainlab import catalogue, targets
 from trainlab.errors import ConfigError
 
-# conf/ ships in the checkout next to src/ (an editable install reads it from there).
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+# The config groups: trainlab/conf/ in an installed wheel (setup.py copies the checkout's
+# conf/ there when it builds), the checkout's conf/ itself in an editable install.
+_PACKAGED = Path(__file__).resolve().parent / "conf"
+CONF_DIR = _PACKAGED if _PACKAGED.is_dir() else Path(__file__).resolve().parents[2] / "conf"
 
 
 class Choice(str, Enum):
@@ -155,7 +157,8 @@ def check(cfg: DictConfig) -> None:
             f"trainer.checkpoint.keep_last={keep}: must be >= 2, so a corrupt newest checkpoint "
             "always has an older one to fall back to"
         )
-    if cfg.trainer.channels_last and len(cfg.dataset.input_shape) != 3:
+    shape = cfg.dataset.get("input_shape")  # null: read from the data (dataspec.py)
+    if cfg.trainer.channels_last and shape is not None and len(shape) != 3:
         raise ConfigError(
             f"trainer.channels_last=true: it lays out (channels, height, width) images, but "
             f"dataset.input_shape={list(cfg.dataset.input_shape)}; set trainer.channels_last=false"
