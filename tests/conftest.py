@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
 import files
 import trainlab.config  # noqa: F401  (registers the schema)
@@ -56,7 +56,10 @@ def compose_cfg(overrides: list[str]) -> DictConfig:
     cfg = copy.deepcopy(full)
     with open_dict(cfg):
         del cfg["hydra"]
-    OmegaConf.resolve(cfg)
+    # As Hydra hands it to the task: interpolations resolve when read (a model's
+    # ${dataset.num_features} sees what the data filled in, dataspec.py); only `name`, which
+    # reads Hydra's runtime state, is resolved now.
+    cfg.name = str(cfg.name)
     return cfg
 
 

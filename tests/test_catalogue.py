@@ -17,6 +17,7 @@ from runs import saved_history
 from trainlab import checkpoint_files, rundir, train
 from trainlab.build import build_model
 from trainlab.cli import CONF_DIR
+from trainlab.data import build_data
 
 OPTIONS = sorted(p for p in CONF_DIR.rglob("*.yaml") if p.parent != CONF_DIR)
 
@@ -70,6 +71,8 @@ def test_every_option_trains_a_few_steps(path, make_cfg, tmp_path):
         f"{group}={option}", *NEEDS.get(option_id(path), []),
         "trainer.max_steps=3", "trainer.val_every_epochs=1", "trainer.log_every_n_steps=1",
     )  # fmt: skip
+    if cfg.dataset.get("input_shape") is None:  # csv, image_folder: shapes from the data
+        build_data(cfg.dataset, torch.device("cpu"))
     torch.manual_seed(cfg.seed)
     initial = {k: v.clone() for k, v in build_model(cfg.model).state_dict().items()}
 

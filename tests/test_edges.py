@@ -497,7 +497,7 @@ def test_predict_uses_the_class_names_the_run_was_trained_with(make_cfg, data_di
     header = before.splitlines()[0]
     assert header == "input,prediction,p_setosa,p_versicolor,p_virginica"
     stored = json.loads((run_dir / "run.json").read_text())["data"]
-    assert stored == {"classes": ["setosa", "versicolor", "virginica"],
+    assert stored == {"classes": ["setosa", "versicolor", "virginica"], "standardize": None,
                       "features": ["f1", "f2", "f3", "f4", "score"]}  # fmt: skip
 
 

@@ -57,8 +57,9 @@ CASES = [
      "classes (dataset.num_classes=10)"),
     ("regression loss on classes", ["train", "loss=l1"], 2,
      "loss=l1 fits regression targets, but dataset.task=classification"),
-    ("labels out of range", ["train", *CSV, "dataset.num_classes=2"], 4,
-     "dataset.num_classes=2: the train labels run from 0 to 2; set dataset.num_classes=3"),
+    ("a class count the table disagrees with", ["train", *CSV, "dataset.num_classes=2"], 4,
+     "dataset.num_classes=2: the data has 3 classes (setosa, versicolor, virginica); set "
+     "dataset.num_classes=3, or null to read it from the data"),
     ("resume of a non-run folder", ["resume", "{tmp}"], 2, "no config.yaml here"),
     ("eval without checkpoints", ["eval", "{tmp}/unsaved"], 2, "unsaved: no checkpoints"),
     ("export of a non-run folder", ["export", "{tmp}"], 2, "no config.yaml here"),
@@ -116,9 +117,9 @@ def test_a_module_that_is_not_importable_is_one_line_and_leaves_no_folder(
     assert cli.main(args) == 2
     err = capsys.readouterr().err
     assert err.strip().splitlines() == [
-        "error: model._target_=mymodels.Net: there is no module mymodels here; install its "
-        "package, or run from the folder that holds mymodels.py (or mymodels/) with "
-        "PYTHONPATH=. so Python finds it"
+        "error: model._target_=mymodels.Net: there is no module mymodels here; run from your "
+        "project folder (the one with conf/ and mymodels.py), set "
+        "TRAINLAB_CONFIG_PATH=<project>/conf, or install its package"
     ]
     assert not (tmp_path / "outputs").exists()
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from trainlab import checkpoint_files, runconfig, rundir
+from trainlab import checkpoint_files, dataspec, runconfig, rundir
 from trainlab.config import TrainerConfig
 from trainlab.errors import ConfigError
 from trainlab.lock import LOCK_FILE
@@ -70,6 +70,7 @@ def of(run_dir: Path, cfg: DictConfig, allow: list[str]) -> Resume | None:
     was trained). Refused: a config that changes what the run trains, and starting over a run
     that has results or checkpoint files its manifest does not list."""
     stored = runconfig.load_run_config(run_dir)
+    dataspec.from_the_run(stored, cfg)
     found = changes(stored, cfg)
     check_resume_changes(found, allow)
     _check_length_key(stored, cfg)

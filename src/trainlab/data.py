@@ -12,7 +12,6 @@ replaying the run (exact resume, shardable across ranks).
 from __future__ import annotations
 
 import inspect
-import math
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
-from trainlab import lock, tasks
+from trainlab import dataspec, lock
 from trainlab.build import instantiate_node
 from trainlab.errors import ConfigError, DataError
 from trainlab.signals import HANDLED
@@ -34,7 +33,7 @@ from trainlab.tasks import Target
 # Keys of a dataset node that describe the data to trainlab and are not loader arguments.
 TRAINLAB_KEYS = (
     "task", "input_shape", "num_features", "num_outputs", "num_classes", "negative_label",
-    "heads", "monitor", "val_fraction", "split_seed", "num_workers",
+    "heads", "monitor", "val_fraction", "split_seed", "num_workers", "standardize",
 )  # fmt: skip
 
 
@@ -77,14 +76,19 @@ class Data:
     # an image folder's class folders); stored in run.json so predict never re-reads the data.
     classes: list[str] | None = None
     features: list[str] | None = None  # the input columns' names (a CSV table)
+    standardize: dict[str, list[float]] | None = None  # dataset.standardize's statistics
 
     def held_targets(self) -> list[Target]:
         """The targets of the splits held in memory (a Dataset's are read only by batching)."""
         return [s.y for s in (self.train, self.val, self.test) if isinstance(s, Split)]
 
 
-def build_data(cfg: DictConfig, device: torch.device) -> Data:
-    """Load the dataset named by cfg, check it against cfg, split off validation, move to device."""
+def build_data(
+    cfg: DictConfig, device: torch.device, stats: dict[str, list[float]] | None = None
+) -> Data:
+    """Load the dataset named by cfg, fill its null shape keys from the data and check the
+    rest against it, split off validation, standardize (with `stats`, the run's stored
+    statistics, or the train split's own), move to device."""
     kwargs = OmegaConf.to_container(cfg, resolve=True)
     takes = inspect.signature(get_method(cfg._target_)).parameters
     for key in TRAINLAB_KEYS:
@@ -95,13 +99,21 @@ def build_data(cfg: DictConfig, device: torch.device) -> Data:
         return _dataset_splits(cfg, loaded, device)
     train = _as_split(loaded["x_train"], loaded["y_train"])
     test = _as_split(loaded["x_test"], loaded["y_test"])
+    dataspec.fill_from_data(cfg, list(train.x.shape[1:]), loaded.get("classes"), train.y)
+    dataspec.check_classes(cfg, loaded.get("classes"))
     for name, split in (("train", train), ("test", test)):
-        check_split(cfg, name, split)
+        dataspec.check_split(cfg, name, split.x, split.y)
     train_idx, val_idx = validation_indices(len(train), cfg.val_fraction, cfg.split_seed)
     train, val = train.take(train_idx), train.take(val_idx)
+    if cfg.get("standardize"):
+        stats = stats or dataspec.feature_stats(train.x)
+        train, val, test = (
+            Split(dataspec.standardized(s.x, stats, "dataset"), s.y) for s in (train, val, test)
+        )
     return Data(
         train=train.to(device), val=val.to(device), test=test.to(device), device=device,
         classes=loaded.get("classes"), features=loaded.get("features"),
+        standardize=stats if cfg.get("standardize") else None,
     )  # fmt: skip
 
 
@@ -318,41 +330,23 @@ def make_batches(
     return loader
 
 
-# ---- checks of the data against the config ----
-
-
-def check_split(cfg: DictConfig, name: str, split: Split) -> None:
-    if len(split) == 0:
-        raise DataError(f"dataset={cfg._target_}: the {name} split is empty")
-    shape = list(split.x.shape[1:])
-    if shape != list(cfg.input_shape):
-        raise DataError(
-            f"dataset.input_shape={list(cfg.input_shape)}: the {name} samples have shape {shape}; "
-            f"set dataset.input_shape={shape}"
-        )
-    if math.prod(shape) != cfg.num_features:
-        raise DataError(
-            f"dataset.num_features={cfg.num_features}: samples of shape {shape} have "
-            f"{math.prod(shape)} elements; set dataset.num_features={math.prod(shape)}"
-        )
-    tasks.check_targets(cfg, name, split.y, "dataset")
+# ---- the DataLoader path ----
 
 
 def _dataset_splits(cfg: DictConfig, loaded: DatasetSplits, device: torch.device) -> Data:
-    if loaded.classes is not None and len(loaded.classes) != cfg.num_classes:
-        raise DataError(
-            f"dataset.num_classes={cfg.num_classes}: the data has {len(loaded.classes)} classes "
-            f"({', '.join(loaded.classes[:10])}); set dataset.num_classes={len(loaded.classes)}"
+    if cfg.get("standardize"):
+        raise ConfigError(
+            f"dataset.standardize=true: {cfg._target_} reads samples through its transforms; "
+            "normalise there (torchvision.transforms.Normalize) and set standardize: false"
         )
     for name, dataset in (("train", loaded.train), ("test", loaded.test)):
         if len(dataset) == 0:  # type: ignore[arg-type]
             raise DataError(f"dataset={cfg._target_}: the {name} split is empty")
         x, _ = dataset[0]
-        if list(x.shape) != list(cfg.input_shape):
-            raise DataError(
-                f"dataset.input_shape={list(cfg.input_shape)}: the {name} samples have shape "
-                f"{list(x.shape)} after the transforms; set dataset.input_shape={list(x.shape)}"
-            )
+        if name == "train":
+            dataspec.fill_from_data(cfg, list(x.shape), loaded.classes, None)
+            dataspec.check_classes(cfg, loaded.classes)
+        dataspec.check_shape(cfg, name, list(x.shape), " after the transforms")
     train_idx, val_idx = validation_indices(
         len(loaded.train),
         cfg.val_fraction,

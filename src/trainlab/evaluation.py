@@ -19,7 +19,16 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from trainlab import checkpoint_files, config, distributed, lock, runconfig, rundir, tasks
+from trainlab import (
+    checkpoint_files,
+    config,
+    dataspec,
+    distributed,
+    lock,
+    runconfig,
+    rundir,
+    tasks,
+)  # fmt: skip
 from trainlab.build import build_loss, build_model
 from trainlab.console import per_label
 from trainlab.data import build_data
@@ -82,7 +91,7 @@ def eval_run(run_dir: Path, which: str, split: str) -> int:
     try:
         run = rebuild(run_dir, which)
         cfg, device = run.cfg, run.device
-        data = build_data(cfg.dataset, device)
+        data = build_data(cfg.dataset, device, _stored_data(run_dir).get("standardize"))
         rows = {"test": data.test, "val": data.val}[split]
         # The whole split, whatever the run's limit_*_batches were: eval measures the split.
         whole = {"fast_dev_run": False, "limit_val_batches": None, "overfit_batches": None}
@@ -131,9 +140,11 @@ def predict(run_dir: Path, input_path: Path, output: Path | None, which: str) ->
         target = run.cfg.dataset._target_
         # What the data was when the run was trained, stored then: the training files may
         # have changed since (one appended row would shift every class name).
-        stored = rundir.read_json(run_dir / "run.json").get("data") or {}
+        stored = _stored_data(run_dir)
         if target == "trainlab.datasets.csv_table":
             names, x = _read_table(run.cfg.dataset, input_path, stored.get("features"))
+            if stored.get("standardize"):
+                x = dataspec.standardized(x, stored["standardize"], f"--input {input_path}")
         elif target == "trainlab.datasets.image_folder":
             names, x = _read_images(run.cfg.dataset, input_path)
         else:
@@ -154,6 +165,13 @@ def predict(run_dir: Path, input_path: Path, output: Path | None, which: str) ->
         return rundir.report(e)
     print(f"{len(names)} predictions from {run.entry['name']} written to {output}")
     return 0
+
+
+def _stored_data(run_dir: Path) -> dict:
+    """What the data was when the run was trained (run.json's data: classes, features,
+    standardize statistics); the training files may have changed since."""
+    path = run_dir / "run.json"
+    return (rundir.read_json(path).get("data") or {}) if path.is_file() else {}
 
 
 def _read_table(

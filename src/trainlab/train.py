@@ -281,15 +281,19 @@ def _set_up(cfg: DictConfig, run_dir: Path, resume: Resume | None) -> SetUp:
     trainer = config.trainer_of(cfg)
     setup_torch(trainer)
     world, device = distributed.setup(trainer.devices, trainer.accelerator)
-    data = build_data(cfg.dataset, device)
+    run_json = run_dir / "run.json"
+    earlier = rundir.read_json(run_json) if run_json.is_file() else None
+    # A resumed run standardizes its inputs with the statistics it started with.
+    stats = ((earlier or {}).get("data") or {}).get("standardize") if resume else None
+    data = build_data(cfg.dataset, device, stats)
+    config.check(cfg)  # again: the keys the data filled in (dataspec.py) meet the other rules
     parts = build_parts(cfg, trainer, data, device, world)
     preflight(cfg, parts)
     if world.rank > 0:  # the same initial weights, but each rank its own dropout masks
         seed_everything(epoch_seed(cfg.seed, RANK_STREAM, world.rank) % 2**32)
     parts.model = distributed.wrap(parts.model, device)
     s = SetUp(trainer, world, data, parts, LoopState(), _environment(trainer, device, world))
-    run_json = run_dir / "run.json"
-    s.earlier = rundir.read_json(run_json) if world.main and run_json.is_file() else None
+    s.earlier = earlier if world.main else None
     if resume is not None:
         ckpt_dir = run_dir / "checkpoints"
         if world.main:
@@ -344,7 +348,10 @@ def _write_records(
     if s.earlier is None:
         record = rundir.run_record(cfg.name, cfg.seed, launch or {}, s.environment, argv)
         # What predict names the outputs by and feeds the model, as trained (DESIGN 9).
-        record["data"] = {"classes": s.data.classes, "features": s.data.features}
+        data = s.data
+        record["data"] = {
+            "classes": data.classes, "features": data.features, "standardize": data.standardize,
+        }  # fmt: skip
     else:
         record = s.earlier
         attempt = rundir.launch_record(argv)
