@@ -292,9 +292,7 @@ def test_a_users_own_package_is_allowed_through_the_environment_only(
         targets.check_one("os.system", "model._target_")
 
 
-@pytest.mark.parametrize(
-    "flag", ["-cd {tmp}", "--config-dir={tmp}", "-cn other", "--experimental-rerun {tmp}/c.pickle"]
-)
+@pytest.mark.parametrize("flag", ["-cn other", "--experimental-rerun {tmp}/c.pickle"])
 def test_hydra_flags_that_read_configs_the_check_cannot_see_are_refused(
     flag, tmp_path, capsys, monkeypatch
 ):
@@ -306,6 +304,25 @@ def test_hydra_flags_that_read_configs_the_check_cannot_see_are_refused(
     err = capsys.readouterr().err
     assert err.startswith(f"error: {args[0].split('=')[0]}: trainlab train reads trainlab's conf/")
     assert not Path(names["marker"]).exists()
+
+
+@pytest.mark.parametrize("attack", [MODEL_ATTACKS[0], HYDRA_ATTACKS[0]], ids=["model", "hydra"])
+def test_a_config_folder_given_with_config_dir_is_checked_like_any_other(
+    attack, tmp_path, data_dir, capsys, monkeypatch
+):
+    """--config-dir is trainlab's own flag (project.py): the folder is on the search path the
+    pre-check composes with, so what it holds is refused before Hydra builds anything."""
+    monkeypatch.chdir(tmp_path)
+    names = plant(tmp_path)
+    _, node, key = attack
+    group = "experiment" if "hydra" in node else "model"
+    searchpath, choice = shared_yaml(tmp_path, fill(node, names), group)
+    conf = searchpath.removeprefix("hydra.searchpath=[file://").removesuffix("]")
+    args = ["train", f"paths.data_dir={data_dir}", "--config-dir", conf, choice]
+    assert cli.main(args) == 2
+    assert f"error: {key}: not an allowed target" in capsys.readouterr().err
+    assert not Path(names["marker"]).exists()
+    assert not (tmp_path / "outputs").exists()
 
 
 SWEEPS = [["seed=0,1"], ["hparams_search=optuna", "optimizer.lr=interval(1e-4,1e-1)"]]

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
 import os
 import sys
@@ -16,9 +15,11 @@ from omegaconf import DictConfig
 
 from trainlab import (
     config,  # (importing it registers the schema with Hydra's ConfigStore)
+    launch,
+    project,
     sweep,  # (registers the job folder name resolver)
 )
-from trainlab.errors import EXIT_CONFIG, first_line
+from trainlab.errors import EXIT_CONFIG, ConfigError, first_line
 from trainlab.helptext import USAGE, train_help, version
 from trainlab.signals import graceful_stop
 
@@ -49,15 +50,20 @@ def train(args: list[str]) -> int:
         return 0
     if not (CONF_DIR / "train.yaml").is_file():
         print(
-            f"error: trainlab's conf/ folder is not at {CONF_DIR}; conf/ ships in the checkout, "
-            "so install trainlab from it with `pip install -e <checkout>`",
+            f"error: trainlab's config groups are not at {CONF_DIR}; reinstall trainlab (a "
+            "wheel carries them as trainlab/conf/, a checkout has conf/)",
             file=sys.stderr,
         )
+        return EXIT_CONFIG
+    try:
+        args, config_path = launch.own_flags(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
         return EXIT_CONFIG
     sys.argv = ["trainlab train", *args]
     # Signals are caught from here on: one during start-up (Hydra, the torch import) is seen
     # by the run once it is set up, and recorded, instead of killing it half-made.
-    with graceful_stop() as stop:
+    with graceful_stop() as stop, project.environment(config_path):
         code = _train(args)
     if code == 0 and stop.signum is not None and _multirun(args):
         code = 128 + stop.signum  # a sweep stopped between jobs
@@ -66,7 +72,7 @@ def train(args: list[str]) -> int:
 
 def _train(args: list[str]) -> int:
     global _task_entered
-    message = precheck(args)
+    message = launch.precheck(args)
     if message is not None:
         print(f"error: {message}", file=sys.stderr)
         return EXIT_CONFIG
@@ -85,7 +91,7 @@ def _train(args: list[str]) -> int:
         if e.code == 1 and not _task_entered:
             from trainlab.explain import explain
 
-            message = explain(CONF_DIR, _overrides(args))
+            message = explain(CONF_DIR, launch.overrides(args))
             print(held if message is None else f"error: {message}\n", end="", file=sys.stderr)
             return EXIT_CONFIG
         print(held, end="", file=sys.stderr)
@@ -106,63 +112,6 @@ def _multirun(args: list[str]) -> bool:
     return "-m" in args or "--multirun" in args
 
 
-# Hydra flags after which no task runs; and those that would read a config (or, for
-# --experimental-rerun, a pickle) from elsewhere, which the pre-check could not see.
-NOTHING_RUNS = {"--cfg", "-c", "--info", "-i", "--resolve", "--package", "-p", "--hydra-help",
-                "--shell-completion", "-sc", "--version"}  # fmt: skip
-OTHER_CONFIGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd",
-                 "--experimental-rerun"}  # fmt: skip
-
-
-def precheck(args: list[str]) -> str | None:
-    """The whole config, `hydra:` included, checked before Hydra acts on it: Hydra builds the
-    callbacks and configures logging (dictConfig calls what a `()` key names) before any
-    callback of ours runs. Composed through the compose API, with a sweep's first values;
-    what does not compose here is left to Hydra, which reports it."""
-    flags = {a.split("=", 1)[0] for a in args if a.startswith("-")}
-    refused = sorted(flags & OTHER_CONFIGS)
-    if refused:
-        return (
-            f"{refused[0]}: trainlab train reads trainlab's conf/ and the folders on Hydra's "
-            "search path, which are checked before anything runs; add yours with "
-            "'hydra.searchpath=[file:///path/to/conf]'"
-        )
-    if flags & NOTHING_RUNS:  # --cfg job, --info ...: the task does not run
-        return None
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from trainlab.errors import ConfigError
-    from trainlab.explain import first_values
-
-    try:
-        overrides = []
-        for parsed in OverridesParser.create().parse_overrides(_overrides(args)):
-            # An interval() (Optuna) has no first value: its key keeps its default here, and
-            # each job checks the value it gets.
-            with contextlib.suppress(HydraException):
-                overrides += first_values([parsed])
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose("train", overrides=overrides, return_hydra_config=True)
-        HydraConfig.instance().set_config(cfg)
-    except Exception:
-        return None
-    finally:
-        GlobalHydra.instance().clear()
-    try:
-        config.check(cfg)
-    except ConfigError as e:
-        return str(e)
-    except OmegaConfBaseException:
-        return None  # e.g. an interpolation only a real launch resolves; the callback checks
-    return None
-
-
 def _hold_stderr() -> None:
     global _hydra_stderr, _real_stderr
     _real_stderr, _hydra_stderr = sys.stderr, io.StringIO()
@@ -180,11 +129,6 @@ def _release_stderr(replay: bool = True) -> str:
     if replay:
         print(held.getvalue(), end="", file=sys.stderr)
     return held.getvalue()
-
-
-def _overrides(args: list[str]) -> list[str]:
-    """The key=value arguments of `trainlab train` (without -m and Hydra's flags)."""
-    return [a for a in args if "=" in a and not a.startswith("-")]
 
 
 def resume(args: list[str]) -> int:
@@ -311,6 +255,37 @@ def tensorboard(args: list[str]) -> int:
     return board.serve(ns.logdir, ns.port, ns.bind_all)
 
 
+def init(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="trainlab init",
+        description="A project folder of your own: conf/ with an experiment, a model and a "
+        "dataset that use your code, models.py, spirals.py and a README. Overwrites nothing.",
+    )
+    parser.add_argument("folder", type=Path, nargs="?", default=Path("."), help="(default: .)")
+    ns = parser.parse_args(args)
+    from trainlab import scaffold
+
+    return scaffold.init(ns.folder)
+
+
+def configs(args: list[str]) -> int:
+    from trainlab import configs as configs_module
+
+    return configs_module.main(args)
+
+
+def completion(args: list[str]) -> int:
+    from trainlab import completion as completion_module
+
+    return completion_module.script(args)
+
+
+def _complete(args: list[str]) -> int:
+    from trainlab import completion as completion_module
+
+    return completion_module.query(args)
+
+
 VERBS = {
     "train": train,
     "resume": resume,
@@ -319,7 +294,11 @@ VERBS = {
     "export": export,
     "report": report,
     "tensorboard": tensorboard,
+    "init": init,
+    "configs": configs,
+    "completion": completion,
 }
+HIDDEN = {"__complete": _complete}  # the completion scripts' query
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -331,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     if verb in ("--version", "-V"):
         print(version())
         return 0
+    if verb in HIDDEN:
+        return HIDDEN[verb](rest)
     if verb not in VERBS:
         print(
             f"error: unknown verb {verb!r}; verbs: {', '.join(VERBS)} (trainlab --help)",

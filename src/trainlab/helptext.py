@@ -1,5 +1,6 @@
 """What trainlab prints about itself: `trainlab --help`, `train --help` (the config groups,
-their options and defaults, read from conf/ as files: no composition, no torch) and
+their options and defaults, read from the config folders as files: no composition, no
+torch) and
 `--version`."""
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ verbs:
   export RUN_DIR        the weights alone (safetensors), or TorchScript / ONNX
   report DIR            one table of the runs under DIR (a sweep, or all of outputs/)
   tensorboard [DIR]     TensorBoard on 127.0.0.1 over DIR (default outputs/)
+  init [DIR]            a project of your own: conf/ and models.py that trainlab train uses
+  configs [GROUP]       the config groups' options; GROUP/OPTION shows one, --copy edits it
+  completion SHELL      tab completion: eval "$(trainlab completion bash)" (or zsh)
 
 `trainlab <verb> --help` says more; `trainlab train --help` lists the config groups and options.
 `trainlab --version`: trainlab, torch, CUDA and Python versions.
@@ -24,30 +28,33 @@ verbs:
 
 
 def train_help() -> str:
-    """`trainlab train --help`, from the conf/ folder alone: Hydra's own help composes every
-    group's options (about a second); this is a directory listing."""
-    groups = sorted(
-        p.relative_to(CONF_DIR).as_posix()
-        for p in CONF_DIR.rglob("*")
-        if p.is_dir() and any(p.glob("*.yaml"))
-    )
+    """`trainlab train --help`, from the config folders alone (trainlab's and the project's):
+    Hydra's own help composes every group's options (about a second); this lists files."""
+    from trainlab import configs
+
+    table, defaults = configs.options(), configs.defaults()
+    yours = [str(folder) for folder in configs.folders() if folder != CONF_DIR]
     lines = [
-        "usage: trainlab train [-m] [group=option ...] [key=value ...]",
+        "usage: trainlab train [-m] [--config-dir DIR] [group=option ...] [key=value ...]",
         "",
         "Trains one run (with -m, one job per combination: a sweep) from conf/train.yaml and",
         "the options picked below; any key can be overridden (optimizer.lr=0.05).",
         "",
-        "config groups (conf/<group>/<option>.yaml):",
+        "config groups (conf/<group>/<option>.yaml; trainlab configs GROUP describes each):",
     ]
-    defaults = _group_defaults()
-    for group in groups:
-        options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+    for group in (g for g in table if g):
+        options = [f"{o.name}*" if o.from_project else o.name for o in table[group].values()]
         default = ""
         if group in defaults:
             default = f" (default: {defaults[group]})" if defaults[group] else " (none by default)"
         lines.append(f"  {group}: {', '.join(options)}{default}")
+    lines.append("  (hydra/launcher=joblib runs a sweep's jobs in parallel locally)")
+    if yours:
+        lines.append(f"  * from your config folder: {', '.join(yours)}")
     lines += [
-        "  (and Hydra's own: hydra/launcher=joblib for parallel local jobs, hydra/sweeper=basic)",
+        "",
+        "Your own config folder goes in front of trainlab's: ./conf when there is one,",
+        "--config-dir DIR, or TRAINLAB_CONFIG_PATH (trainlab init makes a project).",
         "",
         "examples:",
         "  trainlab train model=mlp optimizer=sgd optimizer.lr=0.05 scheduler=cosine",
@@ -59,20 +66,6 @@ def train_help() -> str:
         "trainlab train --hydra-help  Hydra's own flags (--multirun, --cfg, --info, ...)",
     ]
     return "\n".join(lines) + "\n"
-
-
-def _group_defaults() -> dict[str, str | None]:
-    """group -> the option conf/train.yaml's defaults list picks (None: no option)."""
-    import yaml
-
-    listed = yaml.safe_load((CONF_DIR / "train.yaml").read_text()).get("defaults") or []
-    entries = (item for item in listed if isinstance(item, dict))
-    return {
-        group: option
-        for entry in entries
-        for group, option in entry.items()
-        if not group.startswith("override ")
-    }
 
 
 def version() -> str:

@@ -18,11 +18,13 @@ from __future__ import annotations
 import difflib
 import importlib
 import os
+import sys
 from types import ModuleType
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig
 
+from trainlab import project
 from trainlab.errors import ConfigError
 
 # What the run's own nodes (model, optimizer, scheduler, loss, dataset) may build. trainlab's
@@ -58,9 +60,14 @@ DENIED = (
 
 
 def allowed() -> tuple[str, ...]:
-    """ALLOWED plus the packages named in TRAINLAB_TARGETS (comma-separated)."""
+    """ALLOWED plus the packages named in TRAINLAB_TARGETS (comma-separated) and the modules
+    in the user's project folder (project.py: trusted because the user placed them there)."""
+    return ALLOWED + _named() + tuple(project.trusted_modules())
+
+
+def _named() -> tuple[str, ...]:
     extra = os.environ.get("TRAINLAB_TARGETS", "")
-    return ALLOWED + tuple(p.strip().strip(".") for p in extra.split(",") if p.strip())
+    return tuple(p.strip().strip(".") for p in extra.split(",") if p.strip())
 
 
 def check(node: Any, path: str = "") -> None:
@@ -90,12 +97,15 @@ def check_one(target: str, key: str) -> Any:
     shown = ", ".join(prefixes)
     hint = (
         f"targets in {place} must be in {shown}"
-        + ("" if place != "a run's config" else "; to use your own code: export "
+        + ("" if place != "a run's config" else "; to use your own code: put it in your "
+           "project folder, next to its conf/ (trainlab init makes one), or export "
            "TRAINLAB_TARGETS=<your package>")
     )  # fmt: skip
     if not _under(target, prefixes) or _under(target, DENIED):
         raise ConfigError(f"{key}={target}: not an allowed target; {hint}")
     obj, reason, missing = _resolve(target)
+    if place == "a run's config":
+        _check_project_module(target, key)
     if missing:  # allowed, but not there: a typo, or a module that is not importable here
         raise ConfigError(f"{key}={target}: {reason}")
     if reason is not None:
@@ -109,6 +119,21 @@ def check_one(target: str, key: str) -> Any:
     if classes_only and not isinstance(obj, type):
         raise ConfigError(f"{key}={target}: resolves to {where}, not a class; {hint}")
     return obj
+
+
+def _check_project_module(target: str, key: str) -> None:
+    """A target trusted only as a project module must have been imported from the project
+    folder's own file, not from a module of the same name that Python found first."""
+    top = target.split(".")[0]
+    folder = project.trusted_modules().get(top)
+    if folder is None or top not in sys.modules or _under(target, ALLOWED + _named()):
+        return
+    where = getattr(sys.modules[top], "__file__", None)
+    if not project.imported_from(top, where, folder):
+        raise ConfigError(
+            f"{key}={target}: {top} is imported from {where}, not from your project folder "
+            f"{folder} (another module has that name); rename {top}.py"
+        )
 
 
 def _resolve(target: str) -> tuple[Any, str | None, bool]:
@@ -150,8 +175,8 @@ def _resolve(target: str) -> tuple[Any, str | None, bool]:
 
 def _not_importable(module: str) -> str:
     return (
-        f"there is no module {module} here; install its package, or run from the folder that "
-        f"holds {module}.py (or {module}/) with PYTHONPATH=. so Python finds it"
+        f"there is no module {module} here; run from your project folder (the one with conf/ "
+        f"and {module}.py), set {project.ENV}=<project>/conf, or install its package"
     )
 
 
