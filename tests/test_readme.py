@@ -43,6 +43,7 @@ class Command:
     tokens: list[str]
     expected: list[str] | None = None  # console blocks: the lines it prints
     env: dict[str, str] = field(default_factory=dict)
+    cwd: str | None = None  # `cd DIR && command`: DIR, under the test's folder
 
     def __str__(self) -> str:
         return shlex.join(self.tokens)
@@ -80,12 +81,15 @@ def _command(tokens: list[str], expected: list[str] | None = None) -> Command:
 
 
 def test_readme_shows_commands_of_every_verb():
-    shown = {
-        c.tokens[1]
-        for c in commands_and_files()
-        if isinstance(c, Command) and c.tokens[0] == "trainlab"
-    }
-    assert shown >= {"train", "resume", "eval", "predict", "export", "report", "tensorboard"}
+    def words(tokens: list[str]) -> list[str]:  # what `cd DIR && ...` and `eval "$(...)"` run
+        if tokens[0] == "cd":
+            return tokens[3:]
+        if tokens[0] == "eval":
+            return shlex.split(tokens[1].removeprefix("$(").removesuffix(")"))
+        return tokens
+
+    commands = [words(c.tokens) for c in commands_and_files() if isinstance(c, Command)]
+    assert {c[1] for c in commands if c[0] == "trainlab"} >= set(cli.VERBS)
 
 
 def test_every_readme_command_runs(tmp_path, data_dir, monkeypatch, capsys):
@@ -145,6 +149,15 @@ def shrink(command: Command, cwd: Path, data_dir: Path) -> Command | None:
         return Command([str(REPO / "scripts/train.sh"), *tokens[1:], *data, *TINY], env=command.env)
     if program == "ssh":
         return None  # a tunnel to another machine
+    if program == "pip":
+        return None  # installing trainlab: tests/test_wheel.py builds, installs and uses a wheel
+    if program == "cd":  # cd DIR && command: the command, run in DIR
+        folder, sep, *rest = tokens[1:]
+        assert sep == "&&", command
+        inner = shrink(Command(rest, env=command.env), cwd, data_dir)
+        return inner and Command(inner.tokens, inner.expected, inner.env, cwd=folder)
+    if program == "eval":  # eval "$(trainlab completion bash)": the script must print
+        return Command(shlex.split(tokens[1].removeprefix("$(").removesuffix(")")))
     if program == "torchrun":
         return _torchrun(tokens, cwd, data + TINY)
     if program != "trainlab":
@@ -155,7 +168,7 @@ def shrink(command: Command, cwd: Path, data_dir: Path) -> Command | None:
             # No SLURM here: compose the launcher's config (submitit's) instead of submitting.
             singles = [t.split(",")[0] for t in tokens if t not in ("-m", "--multirun")]
             return Command([*singles, *data, "--cfg", "hydra"], env=command.env)
-        if "dataset.path=iris.csv" in tokens:
+        if "dataset.path=iris.csv" in tokens and not any(t.startswith("name=") for t in tokens):
             # Full length (200 steps, a second): the predictions README shows depend on it.
             return Command([*tokens, *data, "trainer.num_threads=1"], env=command.env)
         tokens += data + TINY
@@ -241,6 +254,9 @@ def run(command: Command, cwd: Path, monkeypatch, capsys) -> tuple[int, str]:
         )  # fmt: skip
         return done.returncode, done.stdout + done.stderr
     with monkeypatch.context() as m:
+        m.setattr(sys, "path", list(sys.path))  # a project folder a command put there
+        if command.cwd:
+            m.chdir(cwd / command.cwd)
         for key, value in env.items():
             m.setenv(key, value)
         if env.get("PYTHONPATH") == ".":
