@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from trainlab import cli, completion, project, scaffold
+from trainlab import cli, completion, project, rundir, scaffold
 from trainlab.config import CONF_DIR
 
 PROJECT_MODULES = ("models", "spirals", "mymodels", "json")
@@ -76,19 +76,31 @@ def test_init_that_cannot_write_keeps_nothing(tmp_path, monkeypatch, capsys):
     assert cli.main(["init", str(a_file / "proj")]) == 2
     assert "cannot write the project" in capsys.readouterr().err
     # The disk fills up at the fourth file: the three written are taken back.
-    real, calls = Path.write_bytes, []
+    real, calls = rundir.write_atomic, []
 
-    def filling(self, data):
-        calls.append(self)
+    def filling(path, payload, **kwargs):
+        calls.append(path)
         if len(calls) == 4:
             raise OSError(28, "No space left on device")
-        return real(self, data)
+        return real(path, payload, **kwargs)
 
-    monkeypatch.setattr(Path, "write_bytes", filling)
+    monkeypatch.setattr(rundir, "write_atomic", filling)
     assert cli.main(["init", str(tmp_path / "full")]) == 2
     err = capsys.readouterr().err
     assert "No space left on device" in err and len(err.strip().splitlines()) == 1
     assert len(calls) == 4 and not [p for p in (tmp_path / "full").rglob("*") if p.is_file()]
+
+
+def test_a_new_file_write_never_goes_over_a_file(tmp_path):
+    """What init and --copy write through: a file that is there (or appeared after their
+    check) is left as it is, and no temporary file stays."""
+    there = tmp_path / "mine.yaml"
+    there.write_text("mine\n")
+    with pytest.raises(FileExistsError):
+        rundir.write_atomic(there, b"theirs\n", replace=False)
+    assert there.read_text() == "mine\n" and sorted(tmp_path.iterdir()) == [there]
+    rundir.write_atomic(tmp_path / "new.yaml", b"new\n", replace=False)
+    assert (tmp_path / "new.yaml").read_text() == "new\n"
 
 
 def test_the_template_is_the_package_data_init_copies():

@@ -5,13 +5,11 @@ project's conf/ to edit (like `tune cp`). Files only: no composition, no torch."
 
 from __future__ import annotations
 
-import contextlib
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainlab import project
+from trainlab import project, rundir
 from trainlab.config import CONF_DIR
 from trainlab.errors import EXIT_CONFIG, ConfigError, first_line
 
@@ -111,21 +109,13 @@ def copy(option: Option, into: Path, force: bool) -> Path:
         )
     reset = force and option.shadows is not None and dest.resolve() == option.path.resolve()
     text = (option.shadows if reset else option.path).read_bytes()  # reset: trainlab's again
-    temp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        temp.write_bytes(text)
-        if force:
-            os.replace(temp, dest)
-        else:
-            os.link(temp, dest)  # fails if dest appeared meanwhile: nothing is overwritten
-    except FileExistsError:
+        rundir.write_atomic(dest, text, replace=force)
+    except FileExistsError:  # it appeared meanwhile: nothing is overwritten
         raise ConfigError(f"{option.ref}: {dest} exists; pass --force to replace it") from None
     except OSError as e:  # a full disk, a read-only folder: the old file (if any) is kept
         raise ConfigError(f"{option.ref}: cannot write {dest} ({first_line(e)})") from None
-    finally:
-        with contextlib.suppress(OSError):  # (gone, or its folder never made)
-            temp.unlink()
     return dest
 
 

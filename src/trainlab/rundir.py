@@ -108,10 +108,14 @@ def archive_hydra_record(run_dir: Path) -> None:
         path.rename(archive / path.name)
 
 
-def write_atomic(path: Path, payload: bytes, sync_folder: bool = True) -> None:
+def write_atomic(
+    path: Path, payload: bytes, sync_folder: bool = True, replace: bool = True
+) -> None:
     """Replace `path` with `payload` so that no reader, and no crash, ever sees half a file:
     temp file in the same folder, fsync, rename over, fsync the folder (sync_folder=False
-    leaves that to a later write in the same folder, which makes both renames durable)."""
+    leaves that to a later write in the same folder, which makes both renames durable).
+    replace=False writes only a new file: FileExistsError if `path` is there, even if it
+    appeared a moment ago (a hard link cannot go over a file)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -119,7 +123,11 @@ def write_atomic(path: Path, payload: bytes, sync_folder: bool = True) -> None:
             f.write(payload)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)
+            os.unlink(tmp)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

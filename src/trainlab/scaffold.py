@@ -5,11 +5,10 @@ nothing is written. No torch import."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import sys
 from pathlib import Path
 
+from trainlab import rundir
 from trainlab.errors import EXIT_CONFIG, first_line
 
 TEMPLATE = Path(__file__).resolve().parent / "project_template"
@@ -40,13 +39,8 @@ def init(folder: Path) -> int:
         for rel, template in wanted.items():
             dest = folder / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
-            temp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-            try:
-                temp.write_bytes(template.read_bytes())
-                os.link(temp, dest)  # never over a file that appeared meanwhile
-            finally:
-                with contextlib.suppress(OSError):  # (gone, or its folder never made)
-                    temp.unlink()
+            # Never over a file, even one that appeared since the check above.
+            rundir.write_atomic(dest, template.read_bytes(), replace=False)
             written.append(dest)
     except OSError as e:  # a file that appeared meanwhile, a full disk, a read-only folder
         for path in written:  # half a project helps nobody: take back what this wrote
