@@ -214,6 +214,16 @@ def test_project_modules_are_trusted_by_where_they_are_not_by_their_name(
     assert not (tmp_path / "pwned").exists()
 
 
+@pytest.mark.parametrize("args", [["--help"], ["model=mlp"]])
+def test_a_package_without_its_config_groups_says_so(args, tmp_path, monkeypatch, capsys):
+    """An install that lost trainlab/conf/ (a broken wheel) is an error, --help included (it
+    would list no groups and exit 0)."""
+    monkeypatch.setattr(cli, "CONF_DIR", tmp_path / "conf")
+    assert cli.main(["train", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: trainlab's config groups are not at {tmp_path / 'conf'}; ")
+
+
 def test_train_help_shows_the_projects_options(proj, capsys):
     assert cli.main(["train", "--help"]) == 0
     out = capsys.readouterr().out

@@ -45,16 +45,16 @@ def _train_app(cfg: DictConfig) -> float | None:
 def train(args: list[str]) -> int:
     global _task_entered
     _task_entered = False
-    if "--help" in args or "-h" in args:
-        print(train_help(), end="")
-        return 0
-    if not (CONF_DIR / "train.yaml").is_file():
+    if not (CONF_DIR / "train.yaml").is_file():  # (--help would list no groups)
         print(
             f"error: trainlab's config groups are not at {CONF_DIR}; reinstall trainlab (a "
             "wheel carries them as trainlab/conf/, a checkout has conf/)",
             file=sys.stderr,
         )
         return EXIT_CONFIG
+    if "--help" in args or "-h" in args:
+        print(train_help(), end="")
+        return 0
     try:
         args, config_path = launch.own_flags(args)
     except ConfigError as e:
