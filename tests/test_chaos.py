@@ -51,6 +51,16 @@ def wait_for(
     raise TimeoutError(f"{text!r} x{count} never appeared in {path}")
 
 
+def wait_for_a_save(run_dir: Path, after: tuple[str, int] | None, proc, timeout: float = 120):
+    """Wait until the manifest commits a checkpoint newer than `after` (or the process ends):
+    progress measured in the run's own steps, whatever the machine's speed or load."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if newest_checkpoint(run_dir) != after:
+            return
+        time.sleep(0.02)
+
+
 def newest_checkpoint(run_dir: Path) -> tuple[str, int] | None:
     """(file, step) of the newest resumable checkpoint the manifest commits; None before one."""
     files = checkpoint_files.read_manifest(run_dir / "checkpoints")["files"]
@@ -92,6 +102,8 @@ def test_ten_random_sigkills_and_requeues_end_bitwise_equal(tmp_path, data_dir, 
         proc = start(run_dir, data_dir, *length)
         started = wait_for(run_dir / "train.log", "run folder:", attempt, proc)
         if kills < 10 and started:
+            if kills % 2:  # every other kill after a save of this attempt's own (else, under
+                wait_for_a_save(run_dir, newest[-1], proc)  # load, all could land in start-up)
             time.sleep(rng.uniform(0.0, 0.4))
             if proc.poll() is None:
                 proc.kill()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 import files
 from trainlab import cli, dataspec, rundir, train
@@ -158,3 +159,34 @@ def test_hostile_stored_statistics_are_one_line(stats, make_cfg, tmp_path, capsy
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: --input {table}: ") and len(err.splitlines()) == 1
     assert "standardize statistics" in err
+
+
+def test_an_export_of_a_standardized_run_takes_raw_inputs(make_cfg, tmp_path, capsys):
+    """safetensors (through load_model) and TorchScript give the run's own outputs for raw
+    inputs: the statistics travel with the export, as predict applies them."""
+    from trainlab import export, train
+    from trainlab.evaluation import rebuild
+
+    cfg = make_cfg(*CSV, "dataset.features=[f1,f2,f3,f4,score]", "dataset.standardize=true")
+    run = rundir.claim(tmp_path / "run")
+    train.run(cfg, run, launch=None)
+    rebuilt = rebuild(run, "best")
+    raw = torch.randn(7, 5) * 3 + 1
+    stats = rebuilt.data["standardize"]
+    with torch.no_grad():
+        want = rebuilt.model(dataspec.standardized(raw, stats, "test"))
+        assert not torch.allclose(rebuilt.model(raw), want)  # (the statistics matter here)
+        assert cli.main(["export", str(run)]) == 0
+        folder = run / "export"
+        loaded = export.load_model(folder / "config.yaml", folder / "model.safetensors")
+        torch.testing.assert_close(loaded(raw), want, rtol=0, atol=0)
+        assert cli.main(["export", str(run), "--format", "torchscript"]) == 0
+        scripted = torch.jit.load(str(folder / "model.torchscript.pt"))
+        torch.testing.assert_close(scripted(raw), want, rtol=0, atol=0)
+    # An export whose statistics were tampered with is refused, naming the file.
+    tampered = OmegaConf.load(folder / "config.yaml")
+    tampered.standardize_stats.std = [0.0] * 5
+    OmegaConf.save(tampered, folder / "config.yaml")
+    with pytest.raises(DataError, match="standardize_stats: the run's standardize statistics"):
+        export.load_model(folder / "config.yaml", folder / "model.safetensors")
+    capsys.readouterr()

@@ -104,6 +104,19 @@ def feature_stats(x: torch.Tensor) -> dict[str, list[float]]:
 def standardized(x: torch.Tensor, stats: dict[str, list[float]], key: str) -> torch.Tensor:
     """(x - mean) / std per feature, computed in float64 and returned as float32: the same
     numbers from stored statistics as from fresh ones."""
+    mean, std = stats_tensors(stats, key)
+    flat = x.reshape(len(x), -1)
+    if flat.shape[1] != len(mean):
+        raise DataError(
+            f"{key}: {flat.shape[1]} features per sample, but the run's standardize "
+            f"statistics (run.json data.standardize) have {len(mean)}"
+        )
+    return ((flat.double() - mean) / std).float().reshape(x.shape)
+
+
+def stats_tensors(stats: Any, key: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stored statistics as float64 (mean, std) tensors; a DataError naming `key` for anything
+    that is not a mean and a positive std per feature (the file came from elsewhere)."""
     import torch
 
     try:
@@ -117,10 +130,4 @@ def standardized(x: torch.Tensor, stats: dict[str, list[float]], key: str) -> to
             f"{key}: the run's standardize statistics (run.json data.standardize) are not a "
             "mean and a positive std per feature; the file is not what the run wrote"
         )
-    flat = x.reshape(len(x), -1)
-    if flat.shape[1] != len(mean):
-        raise DataError(
-            f"{key}: {flat.shape[1]} features per sample, but the run's standardize "
-            f"statistics (run.json data.standardize) have {len(mean)}"
-        )
-    return ((flat.double() - mean) / std).float().reshape(x.shape)
+    return mean, std

@@ -49,6 +49,7 @@ class Rebuilt:
     device: torch.device
     checkpoint: Path
     entry: dict[str, Any]  # the checkpoint's manifest entry: step, epoch, metric
+    data: dict[str, Any]  # run.json's data: classes, features, standardize statistics
 
 
 def rebuild(run_dir: Path, which: str) -> Rebuilt:
@@ -64,7 +65,7 @@ def rebuild(run_dir: Path, which: str) -> Rebuilt:
     manifest = checkpoint_files.read_manifest(path.parent)
     name = {"best.pt": manifest.get("best"), "last.pt": manifest.get("last")}.get(path.name)
     entry = manifest["files"].get(name or path.name, {}) | {"name": name or path.name}
-    return Rebuilt(cfg, model, device, path, entry)
+    return Rebuilt(cfg, model, device, path, entry, _stored_data(run_dir))
 
 
 def checkpoint_path(run_dir: Path, which: str) -> Path:
@@ -91,7 +92,7 @@ def eval_run(run_dir: Path, which: str, split: str) -> int:
     try:
         run = rebuild(run_dir, which)
         cfg, device = run.cfg, run.device
-        data = build_data(cfg.dataset, device, _stored_data(run_dir).get("standardize"))
+        data = build_data(cfg.dataset, device, run.data.get("standardize"))
         rows = {"test": data.test, "val": data.val}[split]
         # The whole split, whatever the run's limit_*_batches were: eval measures the split.
         whole = {"fast_dev_run": False, "limit_val_batches": None, "overfit_batches": None}
@@ -140,7 +141,7 @@ def predict(run_dir: Path, input_path: Path, output: Path | None, which: str) ->
         target = run.cfg.dataset._target_
         # What the data was when the run was trained, stored then: the training files may
         # have changed since (one appended row would shift every class name).
-        stored = _stored_data(run_dir)
+        stored = run.data
         if target == "trainlab.datasets.csv_table":
             names, x = _read_table(run.cfg.dataset, input_path, stored.get("features"))
             if stored.get("standardize"):

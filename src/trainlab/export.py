@@ -1,7 +1,8 @@
 """`trainlab export`: a run's model without the rest of the checkpoint (no optimizer state, no
 pickle). safetensors holds the weights alone, tensors and nothing that runs, so it is safe to
 share; load_model() rebuilds the model from the config.yaml written next to it. TorchScript
-and ONNX hold the whole program, for use without trainlab."""
+and ONNX hold the whole program, for use without trainlab. A model trained on standardized
+inputs is exported taking raw ones (Standardized), like predict."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from trainlab import lock, rundir, targets
+from trainlab import dataspec, lock, rundir, targets
 from trainlab.build import build_model
 from trainlab.errors import ConfigError, TrainlabError
 from trainlab.evaluation import Rebuilt, rebuild
@@ -23,6 +24,23 @@ FILES = {
     "torchscript": "model.torchscript.pt",
     "onnx": "model.onnx",
 }
+
+
+class Standardized(nn.Module):
+    """A model trained on standardized inputs (`dataset.standardize: true`), taking the raw
+    inputs: (x - mean) / std per feature with the run's stored statistics, in float64 as
+    training computed it, then the model. What an export holds, so no user of it has to know."""
+
+    def __init__(self, model: nn.Module, stats: dict[str, list[float]], key: str) -> None:
+        super().__init__()
+        self.model = model
+        mean, std = dataspec.stats_tensors(stats, key)
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(x.shape[0], -1).double()
+        return self.model(((flat - self.mean) / self.std).float().reshape(x.shape))
 
 
 def export(run_dir: Path, fmt: str, which: str, out_dir: Path | None) -> int:
@@ -44,13 +62,20 @@ def _export(run: Rebuilt, fmt: str, out_dir: Path) -> Path:
     rundir.make_dir(out_dir, "--output")
     path = out_dir / FILES[fmt]
     model = run.model.cpu()
+    stats = run.data.get("standardize")
     if fmt == "safetensors":
         from safetensors.torch import save_model
 
         save_model(model, str(path), metadata={"checkpoint": run.entry["name"]})
-        # What load_model() rebuilds the model from: the run's config, resolved.
-        rundir.write_record(out_dir / "config.yaml", OmegaConf.to_yaml(run.cfg, resolve=True))
-    elif fmt == "torchscript":
+        # What load_model() rebuilds the model from: the run's config, resolved, and the
+        # standardize statistics it applies to the inputs.
+        exported = OmegaConf.to_container(run.cfg, resolve=True)
+        exported["standardize_stats"] = stats
+        rundir.write_record(out_dir / "config.yaml", OmegaConf.to_yaml(exported))
+        return path
+    if stats:
+        model = Standardized(model, stats, "run.json data.standardize")
+    if fmt == "torchscript":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch marks jit deprecated; the file still loads
             torch.jit.trace(model, example_input(run), strict=False).save(str(path))
@@ -69,6 +94,10 @@ def load_model(config_yaml: str | Path, weights: str | Path) -> nn.Module:
     targets.check(cfg)  # every node: the file may come from someone else
     model = build_model(cfg.model)
     load_weights(model, str(weights))
+    stats = cfg.get("standardize_stats")
+    if stats:  # trained on standardized inputs: the model takes raw ones, as predict does
+        key = f"{config_yaml}: standardize_stats"
+        model = Standardized(model, OmegaConf.to_container(stats), key)
     return model.eval()
 
 
