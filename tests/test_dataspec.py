@@ -190,3 +190,19 @@ def test_an_export_of_a_standardized_run_takes_raw_inputs(make_cfg, tmp_path, ca
     with pytest.raises(DataError, match="standardize_stats: the run's standardize statistics"):
         export.load_model(folder / "config.yaml", folder / "model.safetensors")
     capsys.readouterr()
+
+
+def test_the_same_command_again_continues_a_run_whose_shapes_came_from_the_data(
+    make_cfg, data_dir, tmp_path, monkeypatch, capsys
+):
+    """trainer.resume=auto: the new launch's null shape keys mean what the stored run read
+    (dataspec.from_the_run), so the second run of the command continues instead of being
+    refused as a change of dataset.num_classes and the model's sizes."""
+    monkeypatch.chdir(tmp_path)
+    args = ["train", *CSV, f"hydra.run.dir={tmp_path / 'run'}", "trainer.resume=auto",
+            f"paths.data_dir={data_dir}", "trainer.num_threads=1"]  # fmt: skip
+    assert cli.main([*args, "trainer.max_epochs=1"]) == 0
+    assert cli.main([*args, "trainer.max_epochs=2"]) == 0, capsys.readouterr().err
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert "resumed_from" in record["attempts"][-1]
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs"] == 2

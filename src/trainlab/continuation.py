@@ -115,9 +115,11 @@ def check_early(cfg: DictConfig, run_dir: Path) -> None:
     """For the Hydra callback, before Hydra writes this launch's .hydra/ into a used folder
     with trainer.resume=auto: refuse now what the task would refuse, so a refused launch
     touches nothing there. `cfg` is the whole config (hydra included); it is not changed."""
+    # Unresolved, as the task will get it: a model's ${dataset.num_features} must see what
+    # dataspec.from_the_run fills in from the stored run, not the null the YAML holds.
     task = OmegaConf.create({
-        k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
-        for k, v in ((k, cfg[k]) for k in cfg if k != "hydra")
+        k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v
+        for k, v in ((k, cfg._get_node(k)) for k in cfg if k != "hydra")
     })  # fmt: skip
     runconfig.absolute_paths(task)
     decide(task, run_dir, multirun=False)
