@@ -28,7 +28,7 @@ PROMISED = {
     "scheduler": "none step multistep exponential cosine cosine_warm_restarts onecycle "
     "lambda_warmup plateau",
     "loss": "cross_entropy nll mse l1 smooth_l1 huber bce_with_logits soft_margin multi_margin "
-    "dice multi_task log_cosh",
+    "dice multi_task log_cosh hinge kl_div",
     "dataset": "mnist1d digits synthetic_regression synthetic_binary synthetic_multilabel "
     "synthetic_segmentation fake mnist fashion_mnist cifar10 image_folder csv",
     "experiment": "mnist1d_logreg mnist1d_mlp mnist1d_cnn mnist1d_gru mnist_mlp_sgd",

@@ -6,9 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 from torch.autograd import gradcheck
+from torch.nn import functional as F
 
 from trainlab import config, rundir, train
 from trainlab.build import build_loss
+from trainlab.data import build_data
 from trainlab.errors import ConfigError, DataError
 from trainlab.losses import DiceLoss, LogCoshLoss, MSELoss, MultiTaskLoss, _LogCosh
 
@@ -83,6 +85,68 @@ def test_hinge_matches_hand_computed_value(make_cfg):
     assert squared(scores, target).item() == pytest.approx(0.1525)
 
 
+@pytest.mark.parametrize("log_target", [False, True])
+def test_kl_div_option_matches_torch_kl_div_batchmean(make_cfg, log_target):
+    """The shipped option is the KL divergence per sample, averaged over the batch: torch's
+    F.kl_div with reduction=batchmean, and the sum p (log p - log q) / N by hand."""
+    flag = str(log_target).lower()
+    cfg = make_cfg("experiment=soft_labels_kl", f"loss.log_target={flag}")
+    loss = build_loss(cfg.loss)
+    torch.manual_seed(0)
+    log_q = torch.randn(6, 5, dtype=torch.float64).log_softmax(1)
+    p = torch.randn(6, 5, dtype=torch.float64).softmax(1)
+    target = p.log() if log_target else p
+    value = loss(log_q, target)
+    expected = F.kl_div(log_q, target, reduction="batchmean", log_target=log_target)
+    assert torch.equal(value, expected)
+    assert value.item() == pytest.approx((p * (p.log() - log_q)).sum().item() / 6)
+
+
+def test_binary_hinge_matches_the_formula_and_torch_multi_margin(make_cfg):
+    """max(0, 1 - y f) on +-1 targets; with two class scores (0, f) torch's multi-class hinge
+    is the same up to its 1/C, so 2 * F.multi_margin_loss must agree."""
+    loss = build_loss(make_cfg("experiment=binary_hinge").loss)
+    f = torch.tensor([[2.0], [0.3], [-0.5], [-2.0]], dtype=torch.float64)
+    y = torch.tensor([[1.0], [1.0], [1.0], [-1.0]], dtype=torch.float64)
+    value = loss(f, y)
+    assert value.item() == pytest.approx((0.0 + 0.7 + 1.5 + 0.0) / 4)
+    scores = torch.cat([torch.zeros_like(f), f], 1)
+    classes = (y[:, 0] > 0).long()
+    assert torch.allclose(value, 2 * F.multi_margin_loss(scores, classes))
+    squared = build_loss(make_cfg("experiment=binary_hinge", "loss.squared=true").loss)
+    assert squared(f, y).item() == pytest.approx((0.49 + 2.25) / 4)
+
+
+def test_soft_label_and_hinge_experiments_train_to_their_numbers(make_cfg, tmp_path):
+    """Both synthetic tasks learn in a few epochs (the documented numbers need the full
+    length): KL well under a uniform guess's, hinge accuracy well above chance."""
+    kl = make_cfg("experiment=soft_labels_kl", "trainer.max_epochs=5")
+    run = train.run(kl, rundir.claim(tmp_path / "kl"), launch=None)
+    y = build_data(kl.dataset, torch.device("cpu")).test.y
+    uniform = F.kl_div(torch.full_like(y, 0.2).log(), y, reduction="batchmean")  # for scale
+    assert run["test"]["test/loss"] < 0.25 * uniform.item()
+    assert run["test"]["test/acc"] > 0.8
+    hinge = make_cfg("experiment=binary_hinge", "trainer.max_epochs=5")
+    run = train.run(hinge, rundir.claim(tmp_path / "hinge"), launch=None)
+    assert run["test"]["test/acc"] > 0.8
+
+
+@pytest.mark.parametrize("log_target", [False, True])
+def test_soft_targets_that_are_not_probabilities_are_refused_naming_the_key(make_cfg, log_target):
+    from trainlab import tasks
+
+    flag = str(log_target).lower()
+    cfg = make_cfg(
+        "experiment=soft_labels_kl", f"dataset.log_target={flag}", f"loss.log_target={flag}"
+    )
+    probs = torch.tensor([[0.2, 0.8, 0.0, 0.0, 0.0]])
+    good = probs.log() if log_target else probs
+    tasks.check_targets(cfg.dataset, "train", good, "dataset")
+    bad = torch.tensor([[0.5, 0.8, 0.0, 0.0, 0.0]])  # sums to 1.3
+    with pytest.raises(DataError, match=f"dataset.log_target={flag}: the train targets are not"):
+        tasks.check_targets(cfg.dataset, "train", bad.log() if log_target else bad, "dataset")
+
+
 def test_multi_task_weights_scale_each_head(make_cfg):
     """The value, not only the gradient: weights 1 and 0.5 give loss_a + 0.5 * loss_b."""
     loss = build_loss(make_cfg("experiment=multitask", "loss.weights.value=0.5").loss)
@@ -105,6 +169,19 @@ def test_multi_task_weights_scale_each_head(make_cfg):
          "loss.pos_weight has 2 values but the dataset has 5 outputs"),
         (["loss.weight=[1.0,2.0,3.0]"], "loss.weight has 3 values but the dataset has 10 classes"),
         (["loss.reduction=sum"], "loss.reduction=sum: must be mean"),
+        (["experiment=soft_labels_kl", "loss.reduction=mean"],
+         "loss.reduction=mean: must be batchmean"),
+        (["experiment=soft_labels_kl", "loss.log_target=true"],
+         "loss.log_target=true: the dataset's targets are probabilities (dataset.log_target="
+         "false); set loss.log_target=false"),
+        (["experiment=soft_labels_kl", "dataset.log_target=true"],
+         "loss.log_target=false: the dataset's targets are log-probabilities (dataset."
+         "log_target=true); set loss.log_target=true"),
+        (["experiment=binary", "loss=hinge"],
+         "dataset.negative_label=0.0: loss=hinge needs targets in {-1, 1}"),
+        (["experiment=soft_labels_kl", "loss=cross_entropy"],
+         "loss=cross_entropy fits classification or segmentation targets, but dataset.task="
+         "soft_labels"),
         (["experiment=multitask", "loss.losses.value._target_=torch.nn.CrossEntropyLoss"],
          "loss.losses.value=cross_entropy fits classification or segmentation targets, but "
          "dataset.task=regression"),
@@ -126,6 +203,8 @@ def test_a_loss_that_does_not_fit_fails_at_check_naming_the_key(make_cfg, overri
         (["model=mlp", "model.num_outputs=4"], ConfigError,
          "model.num_outputs=4: the model gives outputs of shape [2, 4] but the dataset has 10"),
         (["loss=nll"], ConfigError, "loss=nll takes log-probabilities"),
+        (["experiment=soft_labels_kl", "~model.layers.log_softmax"], ConfigError,
+         "loss=kl_div takes log-probabilities, but the model's outputs are not"),
         (["experiment=segmentation", "model=mlp"], ConfigError,
          "model: gives outputs of shape [2, 3] but segmentation needs [2, 3, 16, 16]"),
         (["experiment=multitask", "model=mlp", "model.num_outputs=3"], ConfigError,

@@ -17,6 +17,8 @@ TASK_METRICS = {
     "multilabel": ("loss", "f1"),
     "segmentation": ("loss", "dice", "iou"),
     "multitask": ("loss",),
+    # Targets are per-class probabilities (or their logs); acc: the most likely class agrees.
+    "soft_labels": ("loss", "acc"),
 }
 LOWER_IS_BETTER = ("loss", "rmse", "mae")
 
@@ -33,11 +35,21 @@ LOSS_TASKS = {
     "trainlab.losses.LogCoshLoss": ("log_cosh", ("regression",)),
     "torch.nn.BCEWithLogitsLoss": ("bce_with_logits", ("binary", "multilabel")),
     "torch.nn.SoftMarginLoss": ("soft_margin", ("binary", "multilabel")),
+    "trainlab.losses.BinaryHingeLoss": ("hinge", ("binary", "multilabel")),
+    "torch.nn.KLDivLoss": ("kl_div", ("soft_labels",)),
     "trainlab.losses.DiceLoss": ("dice", ("segmentation",)),
     "trainlab.losses.MultiTaskLoss": ("multi_task", ("multitask",)),
 }
 # Binary targets come as {negative_label, 1}: BCE wants 0/1, the soft margin -1/+1.
-NEGATIVE_LABEL = {"torch.nn.BCEWithLogitsLoss": 0.0, "torch.nn.SoftMarginLoss": -1.0}
+NEGATIVE_LABEL = {
+    "torch.nn.BCEWithLogitsLoss": 0.0,
+    "torch.nn.SoftMarginLoss": -1.0,
+    "trainlab.losses.BinaryHingeLoss": -1.0,
+}
+# The reduction each loss must use: the batch mean, which trainlab weights by the batch size
+# to report exact epoch means. KL divergence's batch mean is `batchmean` (its `mean` divides
+# by the number of elements as well, which is not the KL divergence).
+REDUCTION = {"torch.nn.KLDivLoss": "batchmean"}
 
 
 def metric_names(dataset: DictConfig) -> list[str]:
@@ -54,10 +66,18 @@ def metric_names(dataset: DictConfig) -> list[str]:
 def check_loss(loss: DictConfig, dataset: DictConfig, key: str) -> None:
     """The loss fits the dataset's task, its targets and its class count."""
     target = loss._target_
-    if "reduction" in loss and loss.reduction != "mean":
+    reduction = REDUCTION.get(target, "mean")
+    if "reduction" in loss and loss.reduction != reduction:
         raise ConfigError(
-            f"{key}.reduction={loss.reduction}: must be mean; trainlab weights each batch's "
-            "mean loss by the batch size to report exact epoch means"
+            f"{key}.reduction={loss.reduction}: must be {reduction}; trainlab weights each "
+            "batch's mean loss by the batch size to report exact epoch means"
+        )
+    logs = bool(dataset.get("log_target"))
+    if target == "torch.nn.KLDivLoss" and loss.log_target != logs:
+        raise ConfigError(
+            f"{key}.log_target={_yaml(loss.log_target)}: the dataset's targets are "
+            f"{'log-probabilities' if logs else 'probabilities'} (dataset.log_target="
+            f"{_yaml(logs)}); set {key}.log_target={_yaml(logs)}"
         )
     if target in LOSS_TASKS:
         option, tasks = LOSS_TASKS[target]
@@ -97,3 +117,7 @@ def check_loss(loss: DictConfig, dataset: DictConfig, key: str) -> None:
                     f"{', '.join(dataset.heads)}"
                 )
             check_loss(sub, dataset.heads[head], f"{key}.losses.{head}")
+
+
+def _yaml(flag: bool) -> str:
+    return "true" if flag else "false"

@@ -1,4 +1,5 @@
-"""Losses torch lacks (Dice, a weighted multi-task sum, log-cosh as a custom autograd op), and
+"""Losses torch lacks (Dice, a weighted multi-task sum, the binary hinge, log-cosh as a custom
+autograd op), and
 torch's MSE adapted to class targets. Every loss returns the batch mean."""
 
 from __future__ import annotations
@@ -72,6 +73,19 @@ class MultiTaskLoss(nn.Module):
     def forward(self, output: Mapping[str, Tensor], target: Mapping[str, Any]) -> Tensor:
         terms = [self.weights[k] * loss(output[k], target[k]) for k, loss in self.losses.items()]
         return torch.stack(terms).sum()
+
+
+class BinaryHingeLoss(nn.Module):
+    """The binary hinge: mean(max(0, margin - y f(x))) on targets y in {-1, +1} and one score f(x)
+    per output (binary or multi-label); `squared` squares each term (the L2-SVM loss)."""
+
+    def __init__(self, margin: float, squared: bool) -> None:
+        super().__init__()
+        self.margin, self.squared = margin, squared
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        terms = F.relu(self.margin - target.reshape(input.shape).to(input.dtype) * input)
+        return (terms * terms if self.squared else terms).mean()
 
 
 class _LogCosh(torch.autograd.Function):

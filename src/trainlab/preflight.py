@@ -42,11 +42,15 @@ def preflight(cfg: DictConfig, parts: Parts) -> None:
         raise ConfigError(
             f"loss={cfg.loss._target_}: must return one number, not {tasks.shapes(loss)}"
         )
-    if isinstance(parts.loss_fn, torch.nn.NLLLoss) and not torch.allclose(
+    takes_log_probs = {torch.nn.NLLLoss: "nll", torch.nn.KLDivLoss: "kl_div"}
+    name = takes_log_probs.get(type(parts.loss_fn))
+    if name is not None and not torch.allclose(
         output.exp().sum(1), torch.ones((), device=output.device), atol=1e-3
     ):
+        example = "mnist1d_nll" if name == "nll" else "soft_labels_kl"
+        other = "loss=cross_entropy" if name == "nll" else "a LogSoftmax as the last layer"
         raise ConfigError(
-            "loss=nll takes log-probabilities, but the model's outputs are not (exp does not sum "
-            "to 1); end the model with a LogSoftmax layer (see experiment=mnist1d_nll) or use "
-            "loss=cross_entropy"
+            f"loss={name} takes log-probabilities, but the model's outputs are not (exp does "
+            f"not sum to 1); end the model with a LogSoftmax layer (see experiment={example})"
+            + (f" or use {other}" if name == "nll" else "")
         )

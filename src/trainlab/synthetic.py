@@ -99,6 +99,27 @@ def synthetic_binary(
     return _first_n(x.astype(np.float32), y.astype(np.float32), num_train)
 
 
+def synthetic_soft_labels(
+    num_train: int,
+    num_test: int,
+    num_features: int,
+    num_classes: int,
+    temperature: float,
+    log_target: bool,
+    seed: int,
+) -> Arrays:
+    """Soft targets, as a teacher gives them for distillation: softmax(x W / temperature) of a
+    random linear teacher W, per-class probabilities (their logs with log_target)."""
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(num_features, num_classes)) / np.sqrt(num_features)
+    x = rng.normal(size=(num_train + num_test, num_features))
+    logits = x @ w / temperature
+    log_probs = logits - logits.max(1, keepdims=True)
+    log_probs -= np.log(np.exp(log_probs).sum(1, keepdims=True))
+    y = log_probs if log_target else np.exp(log_probs)
+    return _first_n(x.astype(np.float32), y.astype(np.float32), num_train)
+
+
 def synthetic_multilabel(
     num_train: int,
     num_test: int,

@@ -171,7 +171,7 @@ def _counts(shape: tuple[int, ...] | int, device: torch.device) -> Tensor:
 
 def _add_metric_sums(task: Task, sums: Sums, p: str, device: torch.device) -> None:
     kind = task.kind
-    if kind in ("classification", "binary"):
+    if kind in ("classification", "binary", "soft_labels"):
         sums[p + "correct"], sums[p + "count"] = _counts((), device), 0
         if task.ignored_labels:
             sums[p + "count"] = _counts((), device)  # counted on the device, after masking
@@ -204,6 +204,9 @@ def _accumulate(task: Task, sums: Any, p: str, output: Any, y: Target) -> None:
     elif kind == "binary":
         sums[p + "correct"] += torch.count_nonzero((output > 0) == (y > 0))
         sums[p + "count"] += y.numel()
+    elif kind == "soft_labels":  # (log-)probabilities: the same argmax either way
+        sums[p + "correct"] += torch.count_nonzero(output.argmax(-1) == y.argmax(-1))
+        sums[p + "count"] += y.shape[0]
     elif kind == "regression":
         err = output.detach().to(torch.float64) - y.reshape(output.shape)
         sums[p + "sq_err"] += (err * err).sum()
@@ -229,7 +232,7 @@ def _accumulate(task: Task, sums: Any, p: str, output: Any, y: Target) -> None:
 
 def _summarize(task: Task, s: Any, p: str) -> dict[str, float]:
     kind = task.kind
-    if kind in ("classification", "binary"):
+    if kind in ("classification", "binary", "soft_labels"):
         return {p + "acc": s[p + "correct"].item() / max(float(s[p + "count"]), 1)}
     if kind == "regression":
         count = max(s[p + "count"], 1)
@@ -286,6 +289,16 @@ def check_targets(cfg: DictConfig, name: str, y: Target, key: str) -> None:
             f"{key}.num_outputs={cfg.num_outputs}: the {name} targets have {width} values per "
             f"sample; set {key}.num_outputs={width}"
         )
+    if task == "soft_labels":
+        probs = y.exp() if cfg.log_target else y
+        if not torch.allclose(probs.sum(1), torch.ones(()), atol=1e-4) or bool((probs < 0).any()):
+            what = "log-probabilities" if cfg.log_target else "probabilities"
+            flag, other = ("true", "false") if cfg.log_target else ("false", "true")
+            raise DataError(
+                f"{key}.log_target={flag}: the {name} targets are not {what} (each row's "
+                f"{'exp ' if cfg.log_target else ''}must be >= 0 and sum to 1); set "
+                f"{key}.log_target={other} if they are the other kind"
+            )
     if task in ("binary", "multilabel"):
         values = set(torch.unique(y).tolist())
         allowed = {float(cfg.negative_label), 1.0}
