@@ -333,12 +333,12 @@ def test_every_stateful_part_round_trips(make_cfg, overrides):
     added to stateful() but not restored, or saved under one name and loaded from another,
     fails here."""
     from test_resume import assert_equal_tree
-    from trainlab import loop
+    from trainlab import steps
 
     _, trained = built(make_cfg, overrides, seed=0)
     batch = next(trained.train.epoch(0))
     for _ in range(2):
-        _, bad = loop.train_step(trained.model, [batch], trained.loss_fn, trained.optimizer,
+        _, bad = steps.train_step(trained.model, [batch], trained.loss_fn, trained.optimizer,
                                  None, trained.precision)  # fmt: skip
         assert bad is None
         if trained.scheduler is not None:

@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from trainlab import checkpoint_files, loop, rundir, train
+from trainlab import checkpoint_files, rundir, steps, train
 from trainlab.errors import ConfigError, Diverged
-from trainlab.loop import train_step
 from trainlab.parts import Precision
+from trainlab.steps import train_step
 
 
 def run(make_cfg, tmp_path, *overrides, name="run"):
@@ -45,7 +45,7 @@ def test_fp16_trains_checkpoints_its_grad_scaler_and_resumes_exactly(
     saved = checkpoint_files.load(straight / "checkpoints" / "last.pt")
     assert saved["grad_scaler"]["scale"] > 0 and saved["environment"]["precision"] == "fp16"
 
-    real, calls = loop.train_step, []
+    real, calls = steps.train_step, []
 
     def crash_mid_epoch_2(*args, **kwargs):
         calls.append(1)
@@ -53,7 +53,7 @@ def test_fp16_trains_checkpoints_its_grad_scaler_and_resumes_exactly(
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(loop, "train_step", crash_mid_epoch_2)
+    monkeypatch.setattr(steps, "train_step", crash_mid_epoch_2)
     crashed = rundir.claim(tmp_path / "crashed")
     with pytest.raises(SystemExit):
         train.run(make_cfg(*common), crashed, launch=None)
@@ -92,7 +92,7 @@ def test_lbfgs_refuses_fp16(make_cfg):
 
 def test_channels_last_lays_out_images_and_model(make_cfg, tmp_path, monkeypatch):
     seen = []
-    real = loop.train_step
+    real = steps.train_step
 
     def spy(model, batches, *args, **kwargs):
         convs = [p for p in model.parameters() if p.dim() == 4]
@@ -103,7 +103,7 @@ def test_channels_last_lays_out_images_and_model(make_cfg, tmp_path, monkeypatch
         seen.extend(not p.is_contiguous() for p in convs if p.shape[1] > 1)
         return real(model, batches, *args, **kwargs)
 
-    monkeypatch.setattr(loop, "train_step", spy)
+    monkeypatch.setattr(steps, "train_step", spy)
     overrides = [
         "dataset=digits",
         "model=cnn",
@@ -126,13 +126,13 @@ def test_compile_trains_and_checkpoints_the_plain_module(make_cfg, tmp_path, mon
     torch._dynamo.reset()
     counters.clear()
     trained = []
-    real = loop.train_step
+    real = steps.train_step
 
     def spy(model, *args, **kwargs):
         trained.append(type(model).__name__)
         return real(model, *args, **kwargs)
 
-    monkeypatch.setattr(loop, "train_step", spy)
+    monkeypatch.setattr(steps, "train_step", spy)
     run_dir, results = run(
         make_cfg, tmp_path, "model=mlp", "trainer.compile=true", "trainer.max_steps=3"
     )

@@ -28,7 +28,7 @@ import pytest
 
 import files
 from conftest import REPO
-from trainlab import checkpoint_files, cli, loop
+from trainlab import checkpoint_files, cli, steps
 
 pytestmark = pytest.mark.slow
 
@@ -354,7 +354,7 @@ def _stopped_like(target: Path, cwd: Path, monkeypatch, capsys) -> Path:
     """A new run with the overrides of the run README's resume names, sent SIGTERM during
     its second step: it saves that step and exits 143, the newest run of its name."""
     overrides = json.loads((cwd / target / "run.json").read_text())["overrides"]
-    real, calls = loop.train_step, []
+    real, calls = steps.train_step, []
 
     def step(*args, **kwargs):
         calls.append(1)
@@ -364,7 +364,7 @@ def _stopped_like(target: Path, cwd: Path, monkeypatch, capsys) -> Path:
 
     before = set((cwd / target).parent.iterdir())
     with monkeypatch.context() as m:
-        m.setattr(loop, "train_step", step)
+        m.setattr(steps, "train_step", step)
         code = cli.main(["train", *(o for o in overrides if not o.startswith("hydra."))])
     printed = capsys.readouterr()
     assert code == 143, printed.out + printed.err

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from runs import saved_history
-from trainlab import checkpoint_files, config, loop, results, rundir, train
+from trainlab import checkpoint_files, config, loop, results, rundir, steps, train
 from trainlab.errors import ConfigError
 
 # mnist1d: 3600 training samples = 36 batches of 100; validation 4 batches, test 10.
@@ -20,7 +20,7 @@ def batches_seen(monkeypatch) -> dict[str, list[list[torch.Tensor]]]:
     """What the loop feeds the model: each optimizer step's inputs, and each evaluation's
     batches by split."""
     seen: dict[str, list] = {"train": [], "val": [], "test": []}
-    real_evaluate, real_step = loop.evaluate, loop.train_step
+    real_evaluate, real_step = loop.evaluate, steps.train_step
 
     def evaluate(model, batches, loss_fn, task, split, *args, **kwargs):
         seen[split].append([x.clone() for x, _ in batches.epoch(0)])
@@ -32,7 +32,7 @@ def batches_seen(monkeypatch) -> dict[str, list[list[torch.Tensor]]]:
 
     monkeypatch.setattr(loop, "evaluate", evaluate)
     monkeypatch.setattr(results, "evaluate", evaluate)
-    monkeypatch.setattr(loop, "train_step", train_step)
+    monkeypatch.setattr(steps, "train_step", train_step)
     return seen
 
 

@@ -33,7 +33,7 @@ def build_model(cfg: DictConfig) -> nn.Module:
     return instantiate_node(cfg, "model")
 
 
-def build_optimizer(cfg: DictConfig, model: nn.Module) -> Optimizer:
+def build_optimizer(cfg: DictConfig, model: nn.Module, key: str = "optimizer") -> Optimizer:
     """The optimizer over the model's parameters: build it after the model is on its device.
 
     `param_groups` entries pick parameters by name pattern (fnmatch on names such as
@@ -44,13 +44,13 @@ def build_optimizer(cfg: DictConfig, model: nn.Module) -> Optimizer:
     group_specs = kwargs.pop("param_groups")
     for key in OPTIMIZER_KEYS:
         kwargs.pop(key, None)
-    make = instantiate_node(kwargs, "optimizer")
-    params = param_groups(model, group_specs, _option_names(kwargs["_target_"]))
-    return _call(make, "optimizer", params)
+    make = instantiate_node(kwargs, key)
+    params = param_groups(model, group_specs, _option_names(kwargs["_target_"]), key)
+    return _call(make, key, params)
 
 
 def param_groups(
-    model: nn.Module, specs: list[dict[str, Any]], options: set[str]
+    model: nn.Module, specs: list[dict[str, Any]], options: set[str], key: str = "optimizer"
 ) -> list[dict[str, Any]]:
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not specs:
@@ -61,7 +61,7 @@ def param_groups(
         unknown = set(spec) - options - {"match"}
         if unknown:
             raise ConfigError(
-                f"optimizer.param_groups[{i}].{sorted(unknown)[0]}: not an option of this "
+                f"{key}.param_groups[{i}].{sorted(unknown)[0]}: not an option of this "
                 f"optimizer; options: {', '.join(sorted(options))}"
             )
     for name, param in named:
@@ -71,14 +71,14 @@ def param_groups(
         if not group["params"]:
             names = ", ".join(n for n, _ in named[:6])
             raise ConfigError(
-                f"optimizer.param_groups[{i}].match={spec['match']}: matches no parameter (or "
+                f"{key}.param_groups[{i}].match={spec['match']}: matches no parameter (or "
                 f"only ones an earlier entry took); parameters are named like {names} ..."
             )
     return [g for g in groups if g["params"]]
 
 
 def build_scheduler(
-    cfg: DictConfig, optimizer: Optimizer, total: int, mode: str
+    cfg: DictConfig, optimizer: Optimizer, total: int, mode: str, key: str = "scheduler"
 ) -> LRScheduler | None:
     """The LR scheduler, or None. `total` is the run's length in scheduler intervals (epochs or
     steps, per cfg.interval): a null T_max or total_steps means the whole run. `mode` (min or
@@ -92,7 +92,7 @@ def build_scheduler(
             kwargs[key] = total
     if "mode" in kwargs and kwargs["mode"] is None:
         kwargs["mode"] = mode
-    return _call(instantiate_node(kwargs, "scheduler"), "scheduler", optimizer)
+    return _call(instantiate_node(kwargs, key), key, optimizer)
 
 
 def build_loss(cfg: DictConfig | dict[str, Any], key: str = "loss") -> nn.Module:

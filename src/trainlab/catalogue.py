@@ -19,8 +19,14 @@ TASK_METRICS = {
     "multitask": ("loss",),
     # Targets are per-class probabilities (or their logs); acc: the most likely class agrees.
     "soft_labels": ("loss", "acc"),
+    # task=adversarial, whatever the dataset: loss is the discriminator's; d_real and d_fake
+    # its mean probability of "real" on real and generated samples; d_acc its accuracy at
+    # telling them apart (0.5 when the generator fools it); fd a Frechet distance between real
+    # and generated samples (val/ and test/ only).
+    "adversarial": ("loss", "d_acc", "d_real", "d_fake", "g_loss", "fd"),
 }
-LOWER_IS_BETTER = ("loss", "rmse", "mae")
+DATASET_TASKS = tuple(t for t in TASK_METRICS if t != "adversarial")
+LOWER_IS_BETTER = ("loss", "rmse", "mae", "fd")
 
 # The tasks each loss fits, and its option name in conf/loss/ (for messages). A `_target_` not
 # listed here (your own loss) is not checked; the preflight pass still runs it once.
@@ -52,8 +58,10 @@ NEGATIVE_LABEL = {
 REDUCTION = {"torch.nn.KLDivLoss": "batchmean"}
 
 
-def metric_names(dataset: DictConfig) -> list[str]:
+def metric_names(dataset: DictConfig, task: str = "supervised") -> list[str]:
     """Every metric a run on this dataset reports per split (without the split prefix)."""
+    if task == "adversarial":
+        return list(TASK_METRICS["adversarial"])
     names = list(TASK_METRICS[dataset.task])
     if dataset.task == "multilabel":
         names += [f"f1_{i}" for i in range(dataset.num_outputs)]

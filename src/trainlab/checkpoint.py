@@ -54,6 +54,7 @@ def stateful(parts: Parts) -> dict[str, Stateful | None]:
         "optimizer": parts.optimizer,
         "scheduler": parts.scheduler,
         "grad_scaler": parts.precision.scaler,
+        **parts.extra,  # what the run's step declared (steps.Step.extra_state), by its names
     }
 
 
@@ -110,7 +111,7 @@ def restore(
     them. A part this run has and the checkpoint lacks (fp16 allowed on a resumed fp32 run)
     starts fresh; one the checkpoint has and this run lacks is left behind."""
     for name, part in stateful(parts).items():
-        if part is not None and saved[name] is not None:
+        if part is not None and saved.get(name) is not None:
             part.load_state_dict(saved[name])
     state = LoopState.from_state_dict(saved["loop"])
     rng, state.partial_sums = _rank_state(saved, world)

@@ -44,6 +44,8 @@ ProgressMode = Choice("ProgressMode", {k: k for k in ("auto", "bar", "lines", "n
 Interval = Choice("Interval", {"epoch": "epoch", "step": "step"})
 Mode = Choice("Mode", {"auto": "auto", "min": "min", "max": "max"})
 Accelerator = Choice("Accelerator", {k: k for k in ("auto", "cpu", "cuda", "mps")})
+# The training shapes (DESIGN 10): each has its own step function in steps.py.
+TASKS = ("supervised", "adversarial")
 
 
 @dataclass
@@ -88,6 +90,8 @@ class TrainerConfig:
     channels_last: bool = MISSING
     compile: bool = MISSING
     tf32: bool = MISSING
+    step: str | None = MISSING
+    d_steps_per_g_step: int = MISSING
     nan_policy: NanPolicy = MISSING
     nan_skip_limit: int = MISSING
     resume: ResumeMode = MISSING
@@ -112,6 +116,7 @@ class PathsConfig:
 class TrainConfig:
     seed: int = MISSING
     name: str = MISSING
+    task: str = MISSING
     paths: PathsConfig = field(default_factory=PathsConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     # The groups below differ per option; their YAML files are the schema, and Hydra's struct
@@ -121,6 +126,10 @@ class TrainConfig:
     scheduler: Any = MISSING
     loss: Any = MISSING
     dataset: Any = MISSING
+    # task=adversarial only: the generator's optimizer and scheduler (model, optimizer and
+    # scheduler are the discriminator's and the pair's); null in every other run.
+    optimizer_g: Any = None
+    scheduler_g: Any = None
 
 
 ConfigStore.instance().store(name="trainlab_schema", node=TrainConfig)
@@ -182,17 +191,23 @@ def check(cfg: DictConfig) -> None:
     _check_devices(cfg)
     _one_of(cfg, "trainer.mode", Mode)
     _one_of(cfg, "scheduler.interval", Interval)
-    _one_of(cfg, "dataset.task", tuple(catalogue.TASK_METRICS))
+    _one_of(cfg, "dataset.task", catalogue.DATASET_TASKS)
     frac = cfg.dataset.val_fraction
     if not 0.0 < frac < 1.0:
         raise ConfigError(f"dataset.val_fraction={frac}: must be in (0, 1), e.g. 0.1")
+    _check_task(cfg)
     _check_monitor(cfg)
-    _positive(cfg, "optimizer.lr")
-    _check_optimizer(cfg)
+    for prefix in ("optimizer", "optimizer_g") if cfg.task == "adversarial" else ("optimizer",):
+        _positive(cfg, f"{prefix}.lr")
+        _check_optimizer(cfg, prefix)
     _check_scheduler(cfg)
     catalogue.check_loss(cfg.loss, cfg.dataset, "loss")
     # Last: resolving a target imports its package (torch), so the rules above answer first.
     targets.check(cfg)
+    if cfg.trainer.step is not None:  # a dotpath like a `_target_`, checked the same way
+        from trainlab import steps
+
+        steps.resolve(cfg)
 
 
 NAME_MAX = 100  # characters; the folder adds a 26-character stamp, filesystems allow 255 bytes
@@ -218,13 +233,71 @@ def check_name(name: Any) -> None:
 def _check_monitor(cfg: DictConfig) -> None:
     monitor = cfg.trainer.monitor
     split, _, metric = monitor.partition("/")
-    names = catalogue.metric_names(cfg.dataset)
+    names = catalogue.metric_names(cfg.dataset, cfg.task)
     if split not in ("train", "val") or metric not in names:
         choices = ", ".join(f"val/{m}" for m in names)
-        raise ConfigError(
-            f"trainer.monitor={monitor}: dataset.task={cfg.dataset.task} reports {choices} "
-            "(or the same under train/)"
+        what = (
+            "task=adversarial" if cfg.task == "adversarial" else f"dataset.task={cfg.dataset.task}"
         )
+        raise ConfigError(
+            f"trainer.monitor={monitor}: {what} reports {choices} (or the same under train/)"
+        )
+
+
+ADVERSARIAL_LOSS = "trainlab.losses.AdversarialLoss"
+
+
+def _check_task(cfg: DictConfig) -> None:
+    """task: which training shape, and the parts that only one shape has."""
+    _one_of(cfg, "task", TASKS)
+    _at_least(cfg, "trainer.d_steps_per_g_step", 1)
+    adversarial = cfg.task == "adversarial"
+    if cfg.loss._target_ == ADVERSARIAL_LOSS and not adversarial:
+        raise ConfigError(
+            f"loss=adversarial: it trains a generator against a discriminator, but task="
+            f"{cfg.task}; set task=adversarial (see experiment=mnist1d_gan)"
+        )
+    if not adversarial:
+        for key in ("optimizer_g", "scheduler_g"):
+            if cfg.get(key) is not None:
+                raise ConfigError(
+                    f"{key}: only task=adversarial has a generator; remove it or set "
+                    "task=adversarial"
+                )
+        if cfg.trainer.d_steps_per_g_step != 1:
+            raise ConfigError(
+                f"trainer.d_steps_per_g_step={cfg.trainer.d_steps_per_g_step}: only "
+                "task=adversarial alternates updates; set it to 1 or task=adversarial"
+            )
+        return
+    if cfg.loss._target_ != ADVERSARIAL_LOSS:
+        raise ConfigError(
+            f"loss={cfg.loss._target_}: task=adversarial trains with loss=adversarial "
+            "(kind: minimax_nonsaturating or hinge)"
+        )
+    if "generator" not in cfg.model or "discriminator" not in cfg.model:
+        raise ConfigError(
+            f"model={cfg.model._target_}: task=adversarial needs a generator and a "
+            "discriminator; use model=gan (MLPs) or model=dcgan (convolutions)"
+        )
+    if cfg.optimizer_g is None:
+        raise ConfigError(
+            "optimizer_g: task=adversarial needs the generator's optimizer; add "
+            "optimizer@optimizer_g=adam (see experiment=mnist1d_gan)"
+        )
+    refused = {
+        "trainer.accumulate_grad_batches": (cfg.trainer.accumulate_grad_batches != 1,
+                                            "set it to 1 (trainer.d_steps_per_g_step sets how "
+                                            "many batches each generator step follows)"),
+        "trainer.devices": (cfg.trainer.devices != 1, "train a GAN in one process for now"),
+        "trainer.precision": (cfg.trainer.precision == "fp16",
+                              "one grad scaler cannot serve two optimizers; use bf16 or fp32"),
+        "trainer.compile": (cfg.trainer.compile, "set trainer.compile=false for task=adversarial"),
+    }  # fmt: skip
+    for key, (bad, fix) in refused.items():
+        if bad:
+            value = OmegaConf.select(cfg, key)
+            raise ConfigError(f"{key}={value}: not supported with task=adversarial; {fix}")
 
 
 def _check_known_keys(node: DictConfig, schema: type, prefix: str) -> None:
@@ -269,22 +342,28 @@ def _check_devices(cfg: DictConfig) -> None:
         )
 
 
-def _check_optimizer(cfg: DictConfig) -> None:
-    target = cfg.optimizer._target_
+def _check_optimizer(cfg: DictConfig, key: str = "optimizer") -> None:
+    node = cfg[key]
+    target = node._target_
+    if target == "torch.optim.LBFGS" and cfg.task == "adversarial":
+        raise ConfigError(
+            f"{key}=lbfgs: its line search re-evaluates one loss, but task=adversarial "
+            "alternates two; pick another optimizer"
+        )
     if target == "torch.optim.LBFGS" and cfg.trainer.precision == "fp16":
         raise ConfigError(
             "trainer.precision=fp16: its grad scaler cannot drive LBFGS's closure; use "
             "trainer.precision=bf16 or fp32 with optimizer=lbfgs"
         )
-    if target == "torch.optim.LBFGS" and cfg.optimizer.param_groups:
+    if target == "torch.optim.LBFGS" and node.param_groups:
         raise ConfigError(
-            "optimizer.param_groups: torch.optim.LBFGS keeps one parameter group; set "
-            "optimizer.param_groups=[] or pick another optimizer"
+            f"{key}.param_groups: torch.optim.LBFGS keeps one parameter group; set "
+            f"{key}.param_groups=[] or pick another optimizer"
         )
-    for i, group in enumerate(cfg.optimizer.param_groups):
+    for i, group in enumerate(node.param_groups):
         if "match" not in group:
             raise ConfigError(
-                f"optimizer.param_groups[{i}]={OmegaConf.to_container(group)}: needs a `match` "
+                f"{key}.param_groups[{i}]={OmegaConf.to_container(group)}: needs a `match` "
                 'pattern over parameter names, e.g. {match: "fc1.*", lr: 1.0e-4}'
             )
 
@@ -333,6 +412,12 @@ def _check_batch_count(cfg: DictConfig, key: str) -> None:
             f"{key}={value}: must be a number of batches (an integer >= 1), a fraction of them "
             "(a float in (0, 1], e.g. 0.25), or null for all"
         )
+
+
+def batches_per_step(trainer: TrainerConfig) -> int:
+    """Batches each call of the step trains on: accumulated ones (supervised), or the
+    discriminator's before each generator step (adversarial); check() keeps the other at 1."""
+    return trainer.accumulate_grad_batches * trainer.d_steps_per_g_step
 
 
 def trainer_of(cfg: DictConfig) -> TrainerConfig:

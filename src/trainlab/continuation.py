@@ -235,16 +235,17 @@ def check_environment(
 
 
 def apply_optimizer_changes(
-    optimizer: Any, scheduler: Any, found: dict[str, tuple[Any, Any]]
+    optimizer: Any, scheduler: Any, found: dict[str, tuple[Any, Any]], node: str = "optimizer"
 ) -> None:
     """Loading the optimizer's state brings back its saved options (lr, weight_decay, ...);
-    an allowed change of one must win over that, in every group, and rescale the schedule."""
+    an allowed change of one must win over that, in every group, and rescale the schedule.
+    `node`: the optimizer's config key (optimizer, or a GAN's optimizer_g)."""
     for key, (old, new) in found.items():
-        option = key.removeprefix("optimizer.")
-        if not key.startswith("optimizer.") or "." in option or option not in optimizer.defaults:
+        option = key.removeprefix(f"{node}.")
+        if not key.startswith(f"{node}.") or "." in option or option not in optimizer.defaults:
             continue
         for group in optimizer.param_groups:
             group[option] = new
         if option == "lr" and scheduler is not None:
             scheduler.base_lrs = [new for _ in scheduler.base_lrs]
-        log.info(f"optimizer.{option} is now {new} in every parameter group (was {old})")
+        log.info(f"{node}.{option} is now {new} in every parameter group (was {old})")

@@ -27,6 +27,7 @@ from trainlab import (
     lock,
     runconfig,
     rundir,
+    steps,
     tasks,
 )  # fmt: skip
 from trainlab.build import build_loss, build_model
@@ -99,10 +100,16 @@ def eval_run(run_dir: Path, which: str, split: str) -> int:
         trainer = dataclasses.replace(config.trainer_of(cfg), **whole)
         loss_fn = build_loss(cfg.loss).to(device)
         started = time.perf_counter()
-        task = tasks.task_of(cfg.dataset, data.held_targets())
+        adversarial = cfg.task == "adversarial"
+        task = (
+            tasks.Task("adversarial", 1)
+            if adversarial
+            else tasks.task_of(cfg.dataset, data.held_targets())
+        )
         precision = precision_of(trainer.precision, device)
         split_batches = batches(rows, split, trainer, cfg.seed, data, distributed.World())
-        results = evaluate(run.model, split_batches, loss_fn, task, split, precision)
+        evaluate_fn = steps.resolve(cfg).evaluate or evaluate
+        results = evaluate_fn(run.model, split_batches, loss_fn, task, split, precision)
         entry = run.entry
         record = {
             "split": split,

@@ -1,4 +1,5 @@
-"""The training loop: evaluate and fit (train_step, the supervised step, is in steps.py). fit
+"""The training loop: evaluate and fit (the step functions, supervised and others, are in
+steps.py). fit
 reads as a table of contents: for each epoch, for each optimizer step (one or more batches):
 step, maybe log, maybe save; then the end of the epoch: summarise, validate, keep the best,
 schedule, maybe stop early, save. Each part is a named helper below it; Cadence answers
@@ -19,16 +20,22 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 import trainlab
-from trainlab import checkpoint, distributed, metrics, schedules, tasks
+from trainlab import adversarial, checkpoint, distributed, metrics, schedules, tasks
 from trainlab.checkpoint_files import Saver
-from trainlab.config import Interval, NanPolicy, ProgressMode, TrainerConfig, monitor_mode
+from trainlab.config import (
+    Interval,
+    NanPolicy,
+    ProgressMode,
+    TrainerConfig,
+    batches_per_step,
+    monitor_mode,
+)
 from trainlab.console import format_epoch
 from trainlab.errors import Diverged
 from trainlab.metrics import Events
 from trainlab.parts import Batches, LoopState, Parts, Precision, eval_weights
 from trainlab.progress import Progress
 from trainlab.signals import StopRequest
-from trainlab.steps import train_step
 from trainlab.tasks import Target, Task
 
 log = logging.getLogger(__name__)
@@ -85,7 +92,7 @@ def fit(
             # closing(): an epoch left early (max_steps, a signal, an error) releases its loader
             # (DataLoader workers) at once rather than whenever the frame is collected.
             with closing(parts.train.epoch(state.epoch, start=state.batch_in_epoch)) as batches:
-                for group in _groups(batches, trainer.accumulate_grad_batches):
+                for group in _groups(batches, batches_per_step(trainer)):
                     stepped = _optimizer_step(trainer, parts, state, group, sums, cadence)
                     clock.tick(state)
                     if not stepped:
@@ -126,7 +133,7 @@ class Cadence:
 
     @property
     def steps_per_epoch(self) -> int:
-        return -(-self.batches_per_epoch // self.trainer.accumulate_grad_batches)
+        return -(-self.batches_per_epoch // batches_per_step(self.trainer))
 
     @property
     def max_epochs(self) -> int | None:
@@ -134,7 +141,7 @@ class Cadence:
 
     def steps_taken(self, state: LoopState) -> int:
         """Optimizer steps of the current epoch already taken."""
-        return -(-state.batch_in_epoch // self.trainer.accumulate_grad_batches)
+        return -(-state.batch_in_epoch // batches_per_step(self.trainer))
 
     def fractional_epoch(self, state: LoopState) -> float:
         """Where the last step ends, in epochs (a per-batch scheduler's clock)."""
@@ -234,13 +241,10 @@ def _optimizer_step(
     trainer: TrainerConfig, parts: Parts, state: LoopState, group: list[tuple[Tensor, Target]],
     sums: RunningSums, cadence: Cadence,
 ) -> bool:  # fmt: skip
-    """One optimizer step over `group`, its batches added to the running sums and the
-    per-batch scheduler stepped. False: the loss was NaN/Inf and the step was skipped
-    (trainer.nan_policy=skip; under stop, Diverged is raised)."""
-    results, bad_loss = train_step(
-        parts.model, group, parts.loss_fn, parts.optimizer, trainer.grad_clip_norm,
-        parts.precision, parts.check_every_step,
-    )  # fmt: skip
+    """One step of the run's step function (steps.py) over `group`, its batches added to the
+    running sums and the per-batch schedulers stepped. False: the loss was NaN/Inf and the step
+    was skipped (trainer.nan_policy=skip; under stop, Diverged is raised)."""
+    results, bad_loss = parts.step.run(parts, group, trainer)
     if bad_loss is not None:
         _non_finite(trainer, state, bad_loss)  # raises Diverged, or skips this step
         state.batch_in_epoch += len(group)
@@ -248,15 +252,16 @@ def _optimizer_step(
     sums.add(results, group)
     state.step += 1
     state.batch_in_epoch += len(group)
-    if parts.scheduler is not None and parts.scheduler_interval == Interval.step:
-        schedules.step_per_batch(parts.scheduler, cadence.fractional_epoch(state))
+    for scheduler, interval in parts.schedulers():
+        if interval == Interval.step:
+            schedules.step_per_batch(scheduler, cadence.fractional_epoch(state))
     return True
 
 
 def _log_point(events: Events, parts: Parts, sums: RunningSums, step: int) -> dict[str, float]:
     """Log the train/* means since the last log point and the learning rates, and fold those
     sums into the epoch's; returns the means."""
-    scalars = _log_train(events, parts.task, sums.since_log, parts.optimizer, step)
+    scalars = _log_train(events, parts.task, sums.since_log, parts.optimizers(), step)
     sums.fold()
     return scalars
 
@@ -277,10 +282,12 @@ def _end_epoch(
     if cadence.validate_now(state):
         with eval_weights(parts):
             model = distributed.inner(parts.model)
-            record |= evaluate(model, parts.val, parts.loss_fn, parts.task, "val", parts.precision)
+            validate = parts.step.evaluate or evaluate
+            record |= validate(model, parts.val, parts.loss_fn, parts.task, "val", parts.precision)
     improved = _track_best(trainer, state, record)
-    if parts.scheduler is not None and parts.scheduler_interval == Interval.epoch:
-        schedules.step_per_epoch(parts.scheduler, record.get(trainer.monitor))
+    for scheduler, interval in parts.schedulers():
+        if interval == Interval.epoch:
+            schedules.step_per_epoch(scheduler, record.get(trainer.monitor))
     state.history.append(record)
     # train/* went out at the last log point above; the epoch adds val/* and time/*.
     events.scalars({k: v for k, v in record.items() if k.startswith(("val/", "time/"))}, state.step)
@@ -288,6 +295,8 @@ def _end_epoch(
     histograms = trainer.tensorboard.histograms_every_n_epochs
     if histograms and state.epoch % histograms == 0:
         metrics.log_histograms(events, checkpoint.unwrap(parts.model), state.step)
+    if parts.task.kind == "adversarial":  # the generator's samples from fixed noise
+        adversarial.log_samples(events, checkpoint.unwrap(parts.model), state.step)
     patience = trainer.early_stopping.patience
     if patience is not None and state.bad_validations >= patience:
         state.stopped_early = True
@@ -334,12 +343,12 @@ def _log_train(
     events: Events,
     task: Task,
     sums: dict[str, Tensor],
-    optimizer: Optimizer,
+    optimizers: dict[str, Optimizer],
     step: int,
 ) -> dict[str, float]:
-    """Log and return the train/* means since the last point, and each group's lr. A
-    non-finite mean means the loss diverged since the last point (when it is not checked at
-    every step)."""
+    """Log and return the train/* means since the last point, and each optimizer group's lr
+    (lr/group<i>; the generator's lr_g/group<i>). A non-finite mean means the loss diverged
+    since the last point (when it is not checked at every step)."""
     scalars = tasks.summarize(task, sums, "train")
     if not scalars:
         return scalars
@@ -349,7 +358,10 @@ def _log_train(
             "checkpoint is kept. Lower optimizer.lr, set trainer.grad_clip_norm, or "
             "trainer.nan_policy=skip"
         )
-    events.scalars(scalars | metrics.lr_scalars(optimizer), step)
+    rates = {}
+    for name, optimizer in optimizers.items():
+        rates |= metrics.lr_scalars(optimizer, "lr" + name.removeprefix("optimizer"))
+    events.scalars(scalars | rates, step)
     return scalars
 
 

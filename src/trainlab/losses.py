@@ -88,6 +88,36 @@ class BinaryHingeLoss(nn.Module):
         return (terms * terms if self.squared else terms).mean()
 
 
+class AdversarialLoss(nn.Module):
+    """The losses of a GAN on the discriminator's scores (logits of "real"), by `kind`:
+    - minimax_nonsaturating (Goodfellow et al., 2014): D minimises -E[log D(x)] -
+      E[log(1 - D(G(z)))]; G minimises -E[log D(G(z))] (the non-saturating form);
+    - hinge (Lim & Ye 2017; SAGAN, BigGAN): D minimises E[max(0, 1 - D(x))] +
+      E[max(0, 1 + D(G(z)))]; G minimises -E[D(G(z))].
+    Log-probabilities come from logsigmoid, stable for any score."""
+
+    KINDS = ("minimax_nonsaturating", "hinge")
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        if kind not in self.KINDS:
+            raise ConfigError(f"loss.kind={kind}: must be one of {', '.join(self.KINDS)}")
+        self.kind = kind
+
+    def discriminator(self, real: Tensor, fake: Tensor) -> Tensor:
+        if self.kind == "hinge":
+            return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
+        # -log D(x) = -logsigmoid(s); -log(1 - D(G(z))) = -logsigmoid(-s)
+        return -F.logsigmoid(real).mean() - F.logsigmoid(-fake).mean()
+
+    def generator_terms(self, fake: Tensor) -> Tensor:
+        """G's loss per generated sample; its mean is the generator's loss."""
+        return -fake if self.kind == "hinge" else -F.logsigmoid(fake)
+
+    def forward(self, real: Tensor, fake: Tensor) -> Tensor:
+        return self.discriminator(real, fake)
+
+
 class _LogCosh(torch.autograd.Function):
     """mean(log(cosh(input - target))) with a hand-written backward: d/dx = tanh(x - y) / n."""
 

@@ -236,8 +236,8 @@ def _read_rows(path: Path) -> list[tuple[int, dict[str, float]]]:
 # ---- what a run reports, through whichever sinks it has ----
 
 
-def lr_scalars(optimizer: Optimizer) -> dict[str, float]:
-    return {f"lr/group{i}": float(g["lr"]) for i, g in enumerate(optimizer.param_groups)}
+def lr_scalars(optimizer: Optimizer, prefix: str = "lr") -> dict[str, float]:
+    return {f"{prefix}/group{i}": float(g["lr"]) for i, g in enumerate(optimizer.param_groups)}
 
 
 def log_config(events: Events, cfg: DictConfig) -> None:

@@ -19,13 +19,18 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from trainlab import distributed
+from trainlab import distributed, steps
 from trainlab.build import build_loss, build_model, build_optimizer, build_scheduler
-from trainlab.config import Interval, TrainerConfig, monitor_mode
+from trainlab.config import Interval, TrainerConfig, batches_per_step, monitor_mode
 from trainlab.data import Data, LoaderBatches, Shard, Split, TensorBatches, make_batches
+from trainlab.errors import ConfigError
 from trainlab.tasks import Task, task_of
 
 Batches = TensorBatches | LoaderBatches
+# The names a checkpoint keeps for its own entries (checkpoint.snapshot); a step's extra state
+# takes other names.
+STATEFUL_NAMES = ("model", "optimizer", "scheduler", "grad_scaler", "loop", "rng", "config",
+                  "environment", "ranks", "schema_version")  # fmt: skip
 
 
 @dataclass
@@ -59,6 +64,26 @@ class Parts:
     # Check the loss before every optimizer step (one scalar read, free on the CPU, a device
     # sync on a GPU); otherwise at log points and before every save, so a NaN is never saved.
     check_every_step: bool = True
+    # The step function and the state it declared (steps.py: the step contract): saved and
+    # restored by name beside the model's; more_schedulers are stepped beside `scheduler`.
+    step: steps.Step = steps.SUPERVISED
+    extra: dict[str, Any] = field(default_factory=dict)
+    more_schedulers: list[tuple[LRScheduler, Interval]] = field(default_factory=list)
+
+    def schedulers(self) -> list[tuple[LRScheduler, Interval]]:
+        main = [(self.scheduler, self.scheduler_interval)] if self.scheduler is not None else []
+        return main + self.more_schedulers
+
+    def optimizers(self) -> dict[str, Optimizer]:
+        """Every optimizer by its config key: `optimizer`, and any a step declared."""
+        declared = {k: v for k, v in self.extra.items() if isinstance(v, Optimizer)}
+        return {"optimizer": self.optimizer} | declared
+
+    def run_length(self, trainer: TrainerConfig, interval: Interval) -> int:
+        """How many times a scheduler with this interval steps in the whole run."""
+        per_epoch = math.ceil(len(self.train) / batches_per_step(trainer))
+        steps_ = trainer.max_steps or trainer.max_epochs * per_epoch
+        return steps_ if interval == Interval.step else math.ceil(steps_ / per_epoch)
 
 
 @dataclass
@@ -170,7 +195,9 @@ def build_parts(
     seed_everything(cfg.seed)  # the model's initial weights come from the run seed
     model = build_model(cfg.model).to(device, memory_format=memory_format(trainer))
     loss_fn = build_loss(cfg.loss).to(device)
-    optimizer = build_optimizer(cfg.optimizer, model)  # after .to(device): it holds the params
+    # task=adversarial: `optimizer` trains the discriminator (the generator's is the step's).
+    trained = model.discriminator if cfg.task == "adversarial" else model
+    optimizer = build_optimizer(cfg.optimizer, trained)  # after .to(device): it holds the params
     if trainer.compile:
         model = torch.compile(model)  # same parameters; checkpoints save the unwrapped module
     overfit = trainer.overfit_batches is not None
@@ -178,11 +205,10 @@ def build_parts(
     # overfit_batches: validate on the very batches it trains on, to watch them be learnt.
     val = batches(data.train if overfit else data.val, "val", trainer, cfg.seed, data, world)
     interval = Interval(cfg.scheduler.interval)
-    total = _run_length(trainer, math.ceil(len(train) / trainer.accumulate_grad_batches), interval)
-    scheduler = build_scheduler(cfg.scheduler, optimizer, total, monitor_mode(trainer))
-    return Parts(
-        model, loss_fn, optimizer, scheduler, interval,
-        task=task_of(cfg.dataset, data.held_targets()),
+    parts = Parts(
+        model, loss_fn, optimizer, None, interval,
+        task=Task("adversarial", 1) if cfg.task == "adversarial"
+        else task_of(cfg.dataset, data.held_targets()),
         train=train,
         val=val,
         precision=precision_of(trainer.precision, device),
@@ -191,7 +217,19 @@ def build_parts(
         # A per-step check is free on the CPU; on a GPU it is a sync per step, so it is only
         # made when skipping a bad step needs it (see Parts).
         check_every_step=device.type == "cpu" or trainer.nan_policy == "skip",
+        step=steps.resolve(cfg),
     )  # fmt: skip
+    total = parts.run_length(trainer, interval)
+    parts.scheduler = build_scheduler(cfg.scheduler, optimizer, total, monitor_mode(trainer))
+    if parts.step.extra_state is not None:
+        parts.extra = parts.step.extra_state(cfg, trainer, parts)
+        clash = set(parts.extra) & set(STATEFUL_NAMES)
+        if clash:
+            raise ConfigError(
+                f"trainer.step={cfg.trainer.step}: its extra state may not be named "
+                f"{', '.join(sorted(clash))}: a checkpoint keeps those names for its own parts"
+            )
+    return parts
 
 
 def batches(
@@ -232,9 +270,3 @@ def precision_of(name: str, device: torch.device) -> Precision:
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
     scaler = torch.amp.GradScaler(device.type) if name == "fp16" else None
     return Precision(device.type, dtype, scaler)
-
-
-def _run_length(trainer: TrainerConfig, steps_per_epoch: int, interval: Interval) -> int:
-    """How many times a scheduler with this interval steps in the whole run."""
-    steps = trainer.max_steps or trainer.max_epochs * steps_per_epoch
-    return steps if interval == Interval.step else math.ceil(steps / steps_per_epoch)

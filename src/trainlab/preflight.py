@@ -17,6 +17,9 @@ def preflight(cfg: DictConfig, parts: Parts) -> None:
     or the loss fails now, naming keys, rather than as a torch error mid-run. It leaves the
     model, its buffers and every random stream as they were."""
     x, y = parts.train.sample(2)
+    if cfg.task == "adversarial":
+        _adversarial(cfg, parts, x)
+        return
     model = parts.model
     with torch.random.fork_rng(devices=[]), torch.no_grad(), parts.precision.autocast():
         model.eval()
@@ -54,3 +57,40 @@ def preflight(cfg: DictConfig, parts: Parts) -> None:
             f"not sum to 1); end the model with a LogSoftmax layer (see experiment={example})"
             + (f" or use {other}" if name == "nll" else "")
         )
+
+
+def _adversarial(cfg: DictConfig, parts: Parts, x: torch.Tensor) -> None:
+    """G(z) has one sample's shape and D gives one score per sample, on real and fake alike."""
+    gan = parts.model
+    z = torch.zeros(2, gan.noise_dim, device=x.device)
+    with torch.random.fork_rng(devices=[]), torch.no_grad(), parts.precision.autocast():
+        gan.eval()
+        try:
+            fake = _run(
+                gan.generator,
+                z,
+                f"model.generator={cfg.model.generator._target_}",
+                f"noise of shape {list(z.shape)} (model.noise_dim={gan.noise_dim})",
+            )
+            if fake.shape != x.shape:
+                raise ConfigError(
+                    f"model.generator={cfg.model.generator._target_}: makes samples of shape "
+                    f"{list(fake.shape[1:])} but the dataset's are {list(x.shape[1:])} "
+                    "(dataset.input_shape); set model.generator.output_shape to it"
+                )
+            key = f"model.discriminator={cfg.model.discriminator._target_}"
+            score = _run(gan.discriminator, x, key, f"samples of shape {list(x.shape[1:])}")
+        finally:
+            gan.train()
+    if score.shape != (2, 1):
+        raise ConfigError(
+            f"{key}: gives outputs of shape {list(score.shape)}, but a discriminator gives one "
+            "score per sample, (N, 1); set its num_outputs to 1"
+        )
+
+
+def _run(net: torch.nn.Module, x: torch.Tensor, key: str, what: str) -> torch.Tensor:
+    try:
+        return net(x)
+    except Exception as e:
+        raise ConfigError(f"{key}: fails on {what}: {first_line(e)}") from e

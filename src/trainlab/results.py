@@ -49,7 +49,7 @@ def test(
     if trainer.tensorboard.confusion_matrix:
         counts = tasks.new_confusion(parts.task, data.device)
     with eval_weights(parts):
-        test = evaluate(
+        test = (parts.step.evaluate or evaluate)(
             model, test_batches, parts.loss_fn, parts.task, "test", parts.precision, counts
         )
     confusion = None if counts is None else distributed.all_reduce_(counts).cpu().tolist()

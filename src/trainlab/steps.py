@@ -1,20 +1,129 @@
-"""One optimizer step: train_step, the supervised step (forward, backward, clip, step). Pure:
-it returns tensors and neither logs nor writes; fit decides what to do with them. The steps
-of other task families (adversarial, reconstruction, contrastive) belong here beside it."""
+"""The training steps, one per shape of training, and the contract they share.
+
+A step is `step(parts, batches, trainer) -> (results, bad_loss)`: it gets the run's Parts (the
+model, loss, optimizer, precision and `parts.extra`, the state it declared), the batches of
+one optimizer step (trainer.accumulate_grad_batches of them, or d_steps_per_g_step for the
+adversarial step) and the trainer config; it trains on them and returns, for each batch in
+order, its detached loss and output (what the task's metrics are computed from), and None, or
+the non-finite loss value when it took no step. Pure: it neither logs nor writes nor touches
+the loop's counters; fit does. A Step bundles the function with what it declares: its extra
+state (built once from the run's config, saved in every checkpoint under its names and
+restored on resume, like the model) and its evaluation (None: the supervised `evaluate`).
+`trainer.step=<dotpath>` names a Step or a plain step function of your own; the built-in ones
+(SUPERVISED: train_step; ADVERSARIAL: adversarial_step) are written against the same contract.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from contextlib import nullcontext
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
+from omegaconf import DictConfig
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from trainlab import distributed
-from trainlab.parts import Precision
+from trainlab import adversarial, distributed
+from trainlab.errors import ConfigError
 from trainlab.tasks import Target
+
+if TYPE_CHECKING:
+    from trainlab.config import TrainerConfig
+    from trainlab.parts import Parts, Precision
+
+Batch = tuple[Tensor, Target]
+StepResult = tuple[list[tuple[Tensor, Any]], float | None]
+
+
+@dataclass(frozen=True)
+class Step:
+    """A step function and what it declares: `extra_state(cfg, trainer, parts)` returns the named
+    stateful objects it needs beyond the model and optimizer (each has state_dict and
+    load_state_dict; they land in parts.extra and in every checkpoint under these names), and
+    `evaluate` has loop.evaluate's signature (None: the supervised evaluate)."""
+
+    run: Callable[[Parts, list[Batch], TrainerConfig], StepResult]
+    extra_state: Callable[[DictConfig, TrainerConfig, Parts], dict[str, Any]] | None = None
+    evaluate: Callable[..., dict[str, float]] | None = None
+
+
+def supervised_step(parts: Parts, batches: list[Batch], trainer: TrainerConfig) -> StepResult:
+    """The supervised step: train_step on the run's model, loss and optimizer."""
+    return train_step(
+        parts.model, batches, parts.loss_fn, parts.optimizer, trainer.grad_clip_norm,
+        parts.precision, parts.check_every_step,
+    )  # fmt: skip
+
+
+def adversarial_step(parts: Parts, batches: list[Batch], trainer: TrainerConfig) -> StepResult:
+    """One generator step after len(batches) discriminator steps (trainer.d_steps_per_g_step):
+    for each real batch, D learns to tell it from G(z) with G fixed; then G learns to fool D
+    with D fixed, on a fresh batch of noise as large as the last real one. Each batch's
+    result is D's loss and {d_real, d_fake, g_loss} per sample (g_loss on the last batch)."""
+    gan, loss_fn, noise = parts.model, parts.loss_fn, parts.extra["noise"]
+    opt_d, opt_g = parts.optimizer, parts.extra["optimizer_g"]
+    results: list[tuple[Tensor, Any]] = []
+    for x, _ in batches:
+        with torch.no_grad(), parts.precision.autocast():
+            fake = gan.generator(noise.sample(len(x), x.device))
+        opt_d.zero_grad(set_to_none=True)
+        with parts.precision.autocast():
+            real_score, fake_score = gan.discriminator(x), gan.discriminator(fake)
+            d_loss = loss_fn.discriminator(real_score, fake_score)
+        if parts.check_every_step and not math.isfinite(d_loss.item()):
+            return results, d_loss.item()
+        d_loss.backward()
+        _clip(gan.discriminator, trainer.grad_clip_norm)
+        opt_d.step()
+        results.append((d_loss.detach(), adversarial.scores(real_score, fake_score)))
+    gan.discriminator.requires_grad_(False)  # G's step: no gradients for D
+    try:
+        opt_g.zero_grad(set_to_none=True)
+        with parts.precision.autocast():
+            fooled = gan.discriminator(gan.generator(noise.sample(len(x), x.device)))
+            per_sample = loss_fn.generator_terms(fooled)
+            g_loss = per_sample.mean()
+        if parts.check_every_step and not math.isfinite(g_loss.item()):
+            return results, g_loss.item()
+        g_loss.backward()
+        _clip(gan.generator, trainer.grad_clip_norm)
+        opt_g.step()
+    finally:
+        gan.discriminator.requires_grad_(True)
+    results[-1][1]["g_loss"] = per_sample.detach().float().reshape(-1)
+    return results, None
+
+
+SUPERVISED = Step(supervised_step)
+ADVERSARIAL = Step(adversarial_step, adversarial.extra_state, adversarial.evaluate)
+BUILT_IN = {"supervised": SUPERVISED, "adversarial": ADVERSARIAL}
+
+
+def resolve(cfg: DictConfig) -> Step:
+    """The run's Step: trainer.step's (checked like a `_target_`: by what it resolves to), or
+    the task's own."""
+    dotpath = cfg.trainer.step
+    if dotpath is None:
+        return BUILT_IN[cfg.task]
+    from trainlab import targets
+
+    found = targets.check_one(str(dotpath), "trainer.step")
+    if isinstance(found, Step):
+        return found
+    if callable(found) and not isinstance(found, type):
+        return Step(found)
+    raise ConfigError(
+        f"trainer.step={dotpath}: names a {type(found).__name__}, not a step function or a "
+        "trainlab.steps.Step; see docs/architecture.md, 'The step contract'"
+    )
+
+
+def _clip(model: nn.Module, norm: float | None) -> None:
+    if norm is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), norm)
 
 
 class NonFiniteLoss(Exception):

@@ -188,6 +188,9 @@ def _add_metric_sums(task: Task, sums: Sums, p: str, device: torch.device) -> No
     elif kind == "multitask":
         for head, spec in task.heads.items():
             _add_metric_sums(spec, sums, f"{p}{head}_", device)
+    elif kind == "adversarial":  # per-sample results of steps.adversarial_step
+        sums["d_real"], sums["d_fake"], sums["g_loss"] = (_zeros((), device) for _ in range(3))
+        sums["d_hits"], sums["count"], sums["g_count"] = _counts((), device), 0, 0
 
 
 def _accumulate(task: Task, sums: Any, p: str, output: Any, y: Target) -> None:
@@ -228,6 +231,15 @@ def _accumulate(task: Task, sums: Any, p: str, output: Any, y: Target) -> None:
     elif kind == "multitask":
         for head, spec in task.heads.items():
             _accumulate(spec, sums, f"{p}{head}_", output[head], y[head])
+    elif kind == "adversarial":
+        real, fake = output["d_real"], output["d_fake"]
+        sums["d_real"] += real.double().sum()
+        sums["d_fake"] += fake.double().sum()
+        # D is right where it gives real samples p > 0.5 and generated ones p < 0.5.
+        sums["d_hits"] += torch.count_nonzero(real > 0.5) + torch.count_nonzero(fake < 0.5)
+        sums["count"] += real.numel()
+        sums["g_loss"] += output["g_loss"].double().sum()
+        sums["g_count"] += output["g_loss"].numel()
 
 
 def _summarize(task: Task, s: Any, p: str) -> dict[str, float]:
@@ -252,6 +264,14 @@ def _summarize(task: Task, s: Any, p: str) -> dict[str, float]:
         dice = (2 * inter / (pred + true).clamp(min=1))[seen]
         iou = (inter / (pred + true - inter).clamp(min=1))[seen]
         return {p + "dice": _mean(dice), p + "iou": _mean(iou)}
+    if kind == "adversarial":
+        n = max(s["count"], 1)
+        return {
+            "d_acc": s["d_hits"].item() / (2 * n),
+            "d_real": s["d_real"].item() / n,
+            "d_fake": s["d_fake"].item() / n,
+            "g_loss": s["g_loss"].item() / s["g_count"] if s["g_count"] else float("nan"),
+        }
     if kind == "multitask":
         out: dict[str, float] = {}
         for head, spec in task.heads.items():
