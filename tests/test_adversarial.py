@@ -202,3 +202,22 @@ def test_gan_model_mistakes_fail_before_training(make_cfg, tmp_path, overrides, 
         train.run(make_cfg(*GAN, *overrides), run_dir, launch=None)
     assert message in str(info.value)
     assert not run_dir.exists()  # nothing left behind
+
+
+def test_without_the_noise_state_an_adversarial_resume_would_differ(
+    make_cfg, tmp_path, tmp_path_factory, monkeypatch
+):
+    """Negative control for test_resume.py's adversarial path: the same mid-epoch resume with
+    the noise stream's state not restored differs from the straight run."""
+    from test_resume import COMMON, PATHS, assert_same_run, interrupt_at, straight_run
+
+    straight = straight_run("adversarial", make_cfg, tmp_path_factory)
+    cfg = make_cfg(*PATHS["adversarial"], *COMMON)
+    run_dir = rundir.claim(tmp_path / "run")
+    interrupt_at(monkeypatch, straight["steps_per_epoch"] + 6, "crash")
+    with pytest.raises(SystemExit):
+        train.run(cfg, run_dir, launch=None)
+    monkeypatch.setattr(adversarial.NoiseStream, "load_state_dict", lambda self, state: None)
+    assert train.resume(run_dir, [], [], argv=["trainlab", "resume"]) == 0
+    with pytest.raises(AssertionError):  # (the draws differ, so weights and moments do)
+        assert_same_run(straight["dir"], run_dir)

@@ -28,6 +28,10 @@ PATHS = {
     "adversarial": ["experiment=mnist1d_gan", "trainer.batch_size=200",
                     "scheduler@scheduler_g=cosine", "scheduler_g.interval=step",
                     "trainer.d_steps_per_g_step=2"],
+    # task=reconstruction: noise drawn per sample and epoch (dataset.corruption), 11 steps an
+    # epoch of the digits
+    "denoising": ["experiment=digits_dae", "trainer.batch_size=128",
+                  "dataset.corruption={kind:zero,rate:0.3}"],
 }  # fmt: skip
 COMMON = ["scheduler=cosine", "scheduler.interval=step", "trainer.max_epochs=3",
           "trainer.checkpoint.every_n_steps=4", "trainer.log_every_n_steps=3"]  # fmt: skip

@@ -24,9 +24,14 @@ TASK_METRICS = {
     # telling them apart (0.5 when the generator fools it); fd a Frechet distance between real
     # and generated samples (val/ and test/ only).
     "adversarial": ("loss", "d_acc", "d_real", "d_fake", "g_loss", "fd"),
+    # task=reconstruction: mse per element (of the hidden parts, for a masked autoencoder)
+    # and the PSNR, 10 log10(peak^2 / mse), peak = the clean train inputs' range.
+    "reconstruction": ("loss", "mse", "psnr"),
 }
-DATASET_TASKS = tuple(t for t in TASK_METRICS if t != "adversarial")
-LOWER_IS_BETTER = ("loss", "rmse", "mae", "fd")
+# The run-level shapes (config.TASKS) whose metrics do not follow the dataset's task.
+SHAPES = ("adversarial", "reconstruction")
+DATASET_TASKS = tuple(t for t in TASK_METRICS if t not in SHAPES)
+LOWER_IS_BETTER = ("loss", "rmse", "mae", "fd", "mse")
 
 # The tasks each loss fits, and its option name in conf/loss/ (for messages). A `_target_` not
 # listed here (your own loss) is not checked; the preflight pass still runs it once.
@@ -34,10 +39,12 @@ LOSS_TASKS = {
     "torch.nn.CrossEntropyLoss": ("cross_entropy", ("classification", "segmentation")),
     "torch.nn.NLLLoss": ("nll", ("classification", "segmentation")),
     "torch.nn.MultiMarginLoss": ("multi_margin", ("classification",)),
-    "trainlab.losses.MSELoss": ("mse", ("regression", "classification")),
-    "torch.nn.L1Loss": ("l1", ("regression",)),
-    "torch.nn.SmoothL1Loss": ("smooth_l1", ("regression",)),
-    "torch.nn.HuberLoss": ("huber", ("regression",)),
+    "trainlab.losses.MSELoss": ("mse", ("regression", "classification", "reconstruction")),
+    "torch.nn.L1Loss": ("l1", ("regression", "reconstruction")),
+    "torch.nn.SmoothL1Loss": ("smooth_l1", ("regression", "reconstruction")),
+    "torch.nn.HuberLoss": ("huber", ("regression", "reconstruction")),
+    "torch.nn.BCELoss": ("bce", ("reconstruction",)),  # on probabilities: a sigmoid output
+    "trainlab.losses.MaskedMSELoss": ("masked_mse", ("reconstruction",)),
     "trainlab.losses.LogCoshLoss": ("log_cosh", ("regression",)),
     "torch.nn.BCEWithLogitsLoss": ("bce_with_logits", ("binary", "multilabel")),
     "torch.nn.SoftMarginLoss": ("soft_margin", ("binary", "multilabel")),
@@ -60,8 +67,8 @@ REDUCTION = {"torch.nn.KLDivLoss": "batchmean"}
 
 def metric_names(dataset: DictConfig, task: str = "supervised") -> list[str]:
     """Every metric a run on this dataset reports per split (without the split prefix)."""
-    if task == "adversarial":
-        return list(TASK_METRICS["adversarial"])
+    if task in SHAPES:
+        return list(TASK_METRICS[task])
     names = list(TASK_METRICS[dataset.task])
     if dataset.task == "multilabel":
         names += [f"f1_{i}" for i in range(dataset.num_outputs)]
@@ -71,9 +78,11 @@ def metric_names(dataset: DictConfig, task: str = "supervised") -> list[str]:
     return names
 
 
-def check_loss(loss: DictConfig, dataset: DictConfig, key: str) -> None:
-    """The loss fits the dataset's task, its targets and its class count."""
+def check_loss(loss: DictConfig, dataset: DictConfig, key: str, shape: str = "supervised") -> None:
+    """The loss fits the dataset's task (or the run's shape: a reconstruction's targets are
+    the inputs), its targets and its class count."""
     target = loss._target_
+    kind = shape if shape in SHAPES else dataset.task
     reduction = REDUCTION.get(target, "mean")
     if "reduction" in loss and loss.reduction != reduction:
         raise ConfigError(
@@ -87,14 +96,17 @@ def check_loss(loss: DictConfig, dataset: DictConfig, key: str) -> None:
             f"{'log-probabilities' if logs else 'probabilities'} (dataset.log_target="
             f"{_yaml(logs)}); set {key}.log_target={_yaml(logs)}"
         )
-    if target in LOSS_TASKS:
+    if target in LOSS_TASKS and shape != "adversarial":
         option, tasks = LOSS_TASKS[target]
-        if dataset.task not in tasks:
-            fitting = [name for name, t in LOSS_TASKS.values() if dataset.task in t]
+        if kind not in tasks:
+            fitting = [name for name, t in LOSS_TASKS.values() if kind in t]
+            what = "task=reconstruction" if kind == "reconstruction" else f"dataset.task={kind}"
             raise ConfigError(
-                f"{key}={option} fits {' or '.join(tasks)} targets, but dataset.task="
-                f"{dataset.task}; use {key}= one of {', '.join(fitting)}"
+                f"{key}={option} fits {' or '.join(tasks)} targets, but {what}; use {key}= one "
+                f"of {', '.join(fitting)}"
             )
+    if kind == "reconstruction":
+        return  # the targets are the inputs: no labels, classes or weights to check
     if target in NEGATIVE_LABEL and dataset.get("negative_label") != NEGATIVE_LABEL[target]:
         want = NEGATIVE_LABEL[target]
         raise ConfigError(

@@ -45,7 +45,8 @@ Interval = Choice("Interval", {"epoch": "epoch", "step": "step"})
 Mode = Choice("Mode", {"auto": "auto", "min": "min", "max": "max"})
 Accelerator = Choice("Accelerator", {k: k for k in ("auto", "cpu", "cuda", "mps")})
 # The training shapes (DESIGN 10): each has its own step function in steps.py.
-TASKS = ("supervised", "adversarial")
+TASKS = ("supervised", "adversarial", "reconstruction")
+CORRUPTIONS = ("gaussian", "zero")  # dataset.corruption.kind (reconstruction.Corruption)
 
 
 @dataclass
@@ -201,7 +202,7 @@ def check(cfg: DictConfig) -> None:
         _positive(cfg, f"{prefix}.lr")
         _check_optimizer(cfg, prefix)
     _check_scheduler(cfg)
-    catalogue.check_loss(cfg.loss, cfg.dataset, "loss")
+    catalogue.check_loss(cfg.loss, cfg.dataset, "loss", cfg.task)
     # Last: resolving a target imports its package (torch), so the rules above answer first.
     targets.check(cfg)
     if cfg.trainer.step is not None:  # a dotpath like a `_target_`, checked the same way
@@ -236,9 +237,8 @@ def _check_monitor(cfg: DictConfig) -> None:
     names = catalogue.metric_names(cfg.dataset, cfg.task)
     if split not in ("train", "val") or metric not in names:
         choices = ", ".join(f"val/{m}" for m in names)
-        what = (
-            "task=adversarial" if cfg.task == "adversarial" else f"dataset.task={cfg.dataset.task}"
-        )
+        what = f"dataset.task={cfg.dataset.task}"
+        what = f"task={cfg.task}" if cfg.task in catalogue.SHAPES else what
         raise ConfigError(
             f"trainer.monitor={monitor}: {what} reports {choices} (or the same under train/)"
         )
@@ -252,6 +252,7 @@ def _check_task(cfg: DictConfig) -> None:
     _one_of(cfg, "task", TASKS)
     _at_least(cfg, "trainer.d_steps_per_g_step", 1)
     adversarial = cfg.task == "adversarial"
+    _check_corruption(cfg)
     if cfg.loss._target_ == ADVERSARIAL_LOSS and not adversarial:
         raise ConfigError(
             f"loss=adversarial: it trains a generator against a discriminator, but task="
@@ -340,6 +341,28 @@ def _check_devices(cfg: DictConfig) -> None:
             f"trainer.devices={t.devices}: LBFGS's line search decides on each process's own "
             "loss, so the processes would disagree; use optimizer=lbfgs with trainer.devices=1"
         )
+
+
+def _check_corruption(cfg: DictConfig) -> None:
+    node = cfg.dataset.get("corruption")
+    if node is None:
+        return
+    if cfg.task != "reconstruction":
+        raise ConfigError(
+            f"dataset.corruption: corrupts the inputs of a denoising autoencoder, but "
+            f"task={cfg.task}; set task=reconstruction (see experiment=digits_dae) or "
+            "dataset.corruption=null"
+        )
+    kind = node.get("kind")
+    if kind not in CORRUPTIONS:
+        raise ConfigError(
+            f"dataset.corruption.kind={kind}: must be one of {', '.join(CORRUPTIONS)} "
+            "(e.g. dataset.corruption={kind:gaussian,std:0.3})"
+        )
+    if kind == "gaussian" and not (node.get("std") or 0) > 0:
+        raise ConfigError(f"dataset.corruption.std={node.get('std')}: must be > 0 for gaussian")
+    if kind == "zero" and not 0 < (node.get("rate") or 0) < 1:
+        raise ConfigError(f"dataset.corruption.rate={node.get('rate')}: must be in (0, 1)")
 
 
 def _check_optimizer(cfg: DictConfig, key: str = "optimizer") -> None:

@@ -33,7 +33,7 @@ from trainlab.tasks import Target
 # Keys of a dataset node that describe the data to trainlab and are not loader arguments.
 TRAINLAB_KEYS = (
     "task", "input_shape", "num_features", "num_outputs", "num_classes", "negative_label",
-    "heads", "monitor", "val_fraction", "split_seed", "num_workers", "standardize",
+    "heads", "monitor", "val_fraction", "split_seed", "num_workers", "standardize", "corruption",
 )  # fmt: skip
 
 
@@ -77,6 +77,7 @@ class Data:
     classes: list[str] | None = None
     features: list[str] | None = None  # the input columns' names (a CSV table)
     standardize: dict[str, list[float]] | None = None  # dataset.standardize's statistics
+    corruption: DictConfig | None = None  # dataset.corruption (reconstruction.Corruption)
 
     def held_targets(self) -> list[Target]:
         """The targets of the splits held in memory (a Dataset's are read only by batching)."""
@@ -84,11 +85,13 @@ class Data:
 
 
 def build_data(
-    cfg: DictConfig, device: torch.device, stats: dict[str, list[float]] | None = None
-) -> Data:
+    cfg: DictConfig, device: torch.device, stats: dict[str, list[float]] | None = None,
+    task: str = "supervised",
+) -> Data:  # fmt: skip
     """Load the dataset named by cfg, fill its null shape keys from the data and check the
     rest against it, split off validation, standardize (with `stats`, the run's stored
-    statistics, or the train split's own), move to device."""
+    statistics, or the train split's own), move to device. task=reconstruction: every split's
+    targets are its (clean, standardized) inputs."""
     kwargs = OmegaConf.to_container(cfg, resolve=True)
     takes = inspect.signature(get_method(cfg._target_)).parameters
     for key in TRAINLAB_KEYS:
@@ -96,7 +99,7 @@ def build_data(
             kwargs.pop(key, None)
     loaded = instantiate_node(kwargs, "dataset")
     if isinstance(loaded, DatasetSplits):
-        return _dataset_splits(cfg, loaded, device)
+        return _dataset_splits(cfg, loaded, device, task)
     train = _as_split(loaded["x_train"], loaded["y_train"])
     test = _as_split(loaded["x_test"], loaded["y_test"])
     dataspec.fill_from_data(cfg, list(train.x.shape[1:]), loaded.get("classes"), train.y)
@@ -110,10 +113,13 @@ def build_data(
         train, val, test = (
             Split(dataspec.standardized(s.x, stats, "dataset"), s.y) for s in (train, val, test)
         )
+    if task == "reconstruction":
+        train, val, test = (Split(s.x, s.x) for s in (train, val, test))
     return Data(
         train=train.to(device), val=val.to(device), test=test.to(device), device=device,
         classes=loaded.get("classes"), features=loaded.get("features"),
         standardize=stats if cfg.get("standardize") else None,
+        corruption=cfg.get("corruption"),
     )  # fmt: skip
 
 
@@ -196,11 +202,14 @@ class TensorBatches:
     """Batches of an in-memory split by indexing a permutation: no per-sample collation."""
 
     def __init__(
-        self, split: Split, batch_size: int, shuffle: bool, seed: int, shard: Shard = Shard()
-    ) -> None:
+        self, split: Split, batch_size: int, shuffle: bool, seed: int, shard: Shard = Shard(),
+        corrupt: Any = None,
+    ) -> None:  # fmt: skip
         self.split, self.batch_size, self.shuffle, self.seed = split, batch_size, shuffle, seed
         self.device, self.shard = split.x.device, shard
         self.limit: int | None = None  # batches an epoch uses (trainer.limit_*_batches)
+        # (x, sample indices, epoch) -> x corrupted per sample (reconstruction.Corruption)
+        self.corrupt = corrupt
 
     def full_length(self) -> int:
         return self.shard.count(len(self.split), self.batch_size)
@@ -216,7 +225,10 @@ class TensorBatches:
         order = self.order(epoch).to(self.device)
         for idx in self.shard.batches(order, self.batch_size, start, len(self)):
             batch = self.split.take(idx)
-            yield batch.x, batch.y
+            if self.corrupt is None:
+                yield batch.x, batch.y
+            else:
+                yield self.corrupt(batch.x, idx, epoch), batch.y
 
     def sample(self, n: int) -> tuple[Tensor, Target]:
         """The first n samples, in stored order (for the preflight pass)."""
@@ -333,7 +345,15 @@ def make_batches(
 # ---- the DataLoader path ----
 
 
-def _dataset_splits(cfg: DictConfig, loaded: DatasetSplits, device: torch.device) -> Data:
+def _dataset_splits(
+    cfg: DictConfig, loaded: DatasetSplits, device: torch.device, task: str
+) -> Data:
+    if task == "reconstruction" or cfg.get("corruption") is not None:
+        raise ConfigError(
+            f"task={task}: {cfg._target_} reads its samples through a DataLoader; "
+            "reconstruction and dataset.corruption work on in-memory datasets (mnist1d, "
+            "digits, the synthetic ones, mnist, fashion_mnist, cifar10)"
+        )
     if cfg.get("standardize"):
         raise ConfigError(
             f"dataset.standardize=true: {cfg._target_} reads samples through its transforms; "

@@ -93,19 +93,14 @@ def eval_run(run_dir: Path, which: str, split: str) -> int:
     try:
         run = rebuild(run_dir, which)
         cfg, device = run.cfg, run.device
-        data = build_data(cfg.dataset, device, run.data.get("standardize"))
+        data = build_data(cfg.dataset, device, run.data.get("standardize"), cfg.task)
         rows = {"test": data.test, "val": data.val}[split]
         # The whole split, whatever the run's limit_*_batches were: eval measures the split.
         whole = {"fast_dev_run": False, "limit_val_batches": None, "overfit_batches": None}
         trainer = dataclasses.replace(config.trainer_of(cfg), **whole)
         loss_fn = build_loss(cfg.loss).to(device)
         started = time.perf_counter()
-        adversarial = cfg.task == "adversarial"
-        task = (
-            tasks.Task("adversarial", 1)
-            if adversarial
-            else tasks.task_of(cfg.dataset, data.held_targets())
-        )
+        task = tasks.task_of(cfg.dataset, data.held_targets(), cfg.task)
         precision = precision_of(trainer.precision, device)
         split_batches = batches(rows, split, trainer, cfg.seed, data, distributed.World())
         evaluate_fn = steps.resolve(cfg).evaluate or evaluate

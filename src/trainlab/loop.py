@@ -20,7 +20,15 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 import trainlab
-from trainlab import adversarial, checkpoint, distributed, metrics, schedules, tasks
+from trainlab import (
+    adversarial,
+    checkpoint,
+    distributed,
+    metrics,
+    reconstruction,
+    schedules,
+    tasks,
+)
 from trainlab.checkpoint_files import Saver
 from trainlab.config import (
     Interval,
@@ -297,6 +305,8 @@ def _end_epoch(
         metrics.log_histograms(events, checkpoint.unwrap(parts.model), state.step)
     if parts.task.kind == "adversarial":  # the generator's samples from fixed noise
         adversarial.log_samples(events, checkpoint.unwrap(parts.model), state.step)
+    if parts.task.kind == "reconstruction":  # inputs, reconstructions, targets
+        reconstruction.log_reconstructions(events, parts.model, parts.val, state.step)
     patience = trainer.early_stopping.patience
     if patience is not None and state.bad_validations >= patience:
         state.stopped_early = True

@@ -118,6 +118,17 @@ class AdversarialLoss(nn.Module):
         return self.discriminator(real, fake)
 
 
+class MaskedMSELoss(nn.Module):
+    """A masked autoencoder's loss: the mean squared error over the hidden elements only,
+    sum(mask * (pred - target)^2) / sum(mask), for outputs {"pred": ..., "mask": 1 where
+    hidden} (autoencoders.MaskedAutoencoder)."""
+
+    def forward(self, output: Mapping[str, Tensor], target: Tensor) -> Tensor:
+        pred, mask = output["pred"], output["mask"]
+        err = (pred - target.reshape(pred.shape).to(pred.dtype)).square()
+        return (err * mask).sum() / mask.sum().clamp(min=1)
+
+
 class _LogCosh(torch.autograd.Function):
     """mean(log(cosh(input - target))) with a hand-written backward: d/dx = tanh(x - y) / n."""
 

@@ -24,6 +24,7 @@ from trainlab.build import build_loss, build_model, build_optimizer, build_sched
 from trainlab.config import Interval, TrainerConfig, batches_per_step, monitor_mode
 from trainlab.data import Data, LoaderBatches, Shard, Split, TensorBatches, make_batches
 from trainlab.errors import ConfigError
+from trainlab.reconstruction import Corruption
 from trainlab.tasks import Task, task_of
 
 Batches = TensorBatches | LoaderBatches
@@ -207,8 +208,7 @@ def build_parts(
     interval = Interval(cfg.scheduler.interval)
     parts = Parts(
         model, loss_fn, optimizer, None, interval,
-        task=Task("adversarial", 1) if cfg.task == "adversarial"
-        else task_of(cfg.dataset, data.held_targets()),
+        task=task_of(cfg.dataset, data.held_targets(), cfg.task),
         train=train,
         val=val,
         precision=precision_of(trainer.precision, device),
@@ -245,6 +245,9 @@ def batches(
     made = make_batches(split, trainer.batch_size, shuffle, seed, data.device, data.num_workers,
                         memory_format(trainer), shard)  # fmt: skip
     made.limit = batch_limit(trainer, which, made.full_length())
+    corruption = Corruption.from_config(data.corruption, seed)
+    if corruption is not None:  # in-memory splits only (data.py refuses it for the others)
+        made.corrupt = corruption.for_split(which)
     return made
 
 

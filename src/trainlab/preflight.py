@@ -33,7 +33,10 @@ def preflight(cfg: DictConfig, parts: Parts) -> None:
             ) from e
         finally:
             model.train()
-        tasks.check_output(cfg.dataset, output, y, "dataset")
+        if cfg.task == "reconstruction":
+            _reconstructs(cfg, output, x)
+        else:
+            tasks.check_output(cfg.dataset, output, y, "dataset")
         try:
             loss = parts.loss_fn(output, y)
         except Exception as e:
@@ -86,6 +89,17 @@ def _adversarial(cfg: DictConfig, parts: Parts, x: torch.Tensor) -> None:
         raise ConfigError(
             f"{key}: gives outputs of shape {list(score.shape)}, but a discriminator gives one "
             "score per sample, (N, 1); set its num_outputs to 1"
+        )
+
+
+def _reconstructs(cfg: DictConfig, output: object, x: torch.Tensor) -> None:
+    """A reconstruction has the input's shape (a masked autoencoder's: {"pred", "mask"})."""
+    pred = output.get("pred") if isinstance(output, dict) else output
+    if not isinstance(pred, torch.Tensor) or pred.shape != x.shape:
+        raise ConfigError(
+            f"model={cfg.model._target_}: gives outputs of shape {tasks.shapes(output)}, but "
+            f"task=reconstruction rebuilds its input, shape {list(x.shape)}; use "
+            "model=autoencoder, conv_autoencoder or mae"
         )
 
 

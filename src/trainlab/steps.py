@@ -99,7 +99,9 @@ def adversarial_step(parts: Parts, batches: list[Batch], trainer: TrainerConfig)
 
 SUPERVISED = Step(supervised_step)
 ADVERSARIAL = Step(adversarial_step, adversarial.extra_state, adversarial.evaluate)
-BUILT_IN = {"supervised": SUPERVISED, "adversarial": ADVERSARIAL}
+# task=reconstruction trains with the supervised step: its data gives (corrupted input, clean
+# input) pairs (reconstruction.py), and a masked autoencoder masks inside its forward.
+BUILT_IN = {"supervised": SUPERVISED, "adversarial": ADVERSARIAL, "reconstruction": SUPERVISED}
 
 
 def resolve(cfg: DictConfig) -> Step:

@@ -31,8 +31,9 @@ from trainlab.errors import ConfigError
 # building blocks only: its other modules write files and start runs. Add your own packages
 # with the environment (a config cannot widen its own allowlist): export TRAINLAB_TARGETS=pkg.
 ALLOWED = (
-    "trainlab.models", "trainlab.gan", "trainlab.losses", "trainlab.data", "trainlab.datasets",
-    "trainlab.synthetic", "trainlab.schedules", "trainlab.steps",
+    "trainlab.models", "trainlab.gan", "trainlab.autoencoders", "trainlab.losses",
+    "trainlab.data", "trainlab.datasets", "trainlab.synthetic", "trainlab.schedules",
+    "trainlab.steps",
     "torch.nn", "torch.optim",
     "torchvision.models", "torchvision.datasets", "torchvision.transforms",
 )  # fmt: skip

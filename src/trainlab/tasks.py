@@ -11,6 +11,7 @@ changes a result, and a resumed run reports what the straight run would have. Fl
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +33,8 @@ class Task:
     heads: dict[str, Task] = field(default_factory=dict)
     # Whether labels may be negative (ignore_index): only then does accuracy mask them.
     ignored_labels: bool = False
+    # Reconstruction: the clean inputs' range (max - min over the train split), PSNR's peak.
+    peak: float = 1.0
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> Task:
@@ -43,8 +46,15 @@ class Task:
         return cls(cfg.task, cfg.num_outputs, classes, heads)
 
 
-def task_of(cfg: DictConfig, targets: list[Target]) -> Task:
-    """The task of a dataset node; `targets` are the labels held in memory (data.held_targets)."""
+def task_of(cfg: DictConfig, targets: list[Target], shape: str = "supervised") -> Task:
+    """The task of a dataset node; `targets` are the labels held in memory (data.held_targets).
+    `shape`, the run's top-level task: adversarial and reconstruction runs measure their own
+    things, whatever the dataset's labels (reconstruction's targets are the inputs)."""
+    if shape == "adversarial":
+        return Task("adversarial", 1)
+    if shape == "reconstruction":
+        train = targets[0]
+        return Task("reconstruction", int(train[0].numel()), peak=float(train.max() - train.min()))
     task = Task.from_config(cfg)
     if task.kind == "classification":
         # Accuracy masks negative labels (ignore_index) only where some exist: one check here
@@ -188,6 +198,8 @@ def _add_metric_sums(task: Task, sums: Sums, p: str, device: torch.device) -> No
     elif kind == "multitask":
         for head, spec in task.heads.items():
             _add_metric_sums(spec, sums, f"{p}{head}_", device)
+    elif kind == "reconstruction":
+        sums["sq_err"], sums["count"] = _zeros((), device), _counts((), device)
     elif kind == "adversarial":  # per-sample results of steps.adversarial_step
         sums["d_real"], sums["d_fake"], sums["g_loss"] = (_zeros((), device) for _ in range(3))
         sums["d_hits"], sums["count"], sums["g_count"] = _counts((), device), 0, 0
@@ -231,6 +243,18 @@ def _accumulate(task: Task, sums: Any, p: str, output: Any, y: Target) -> None:
     elif kind == "multitask":
         for head, spec in task.heads.items():
             _accumulate(spec, sums, f"{p}{head}_", output[head], y[head])
+    elif kind == "reconstruction":
+        # A masked autoencoder's output says which parts were hidden: only those are scored.
+        pred, mask = (
+            (output["pred"], output["mask"]) if isinstance(output, dict) else (output, None)
+        )
+        err = (pred.detach().to(torch.float64) - y.reshape(pred.shape)).square()
+        if mask is None:
+            sums["sq_err"] += err.sum()
+            sums["count"] += err.numel()
+        else:
+            sums["sq_err"] += (err * mask).sum()
+            sums["count"] += torch.count_nonzero(mask)
     elif kind == "adversarial":
         real, fake = output["d_real"], output["d_fake"]
         sums["d_real"] += real.double().sum()
@@ -264,6 +288,10 @@ def _summarize(task: Task, s: Any, p: str) -> dict[str, float]:
         dice = (2 * inter / (pred + true).clamp(min=1))[seen]
         iou = (inter / (pred + true - inter).clamp(min=1))[seen]
         return {p + "dice": _mean(dice), p + "iou": _mean(iou)}
+    if kind == "reconstruction":
+        mse = s["sq_err"].item() / max(s["count"].item(), 1)
+        psnr = 10 * math.log10(task.peak**2 / mse) if mse > 0 else math.inf
+        return {"mse": mse, "psnr": psnr}
     if kind == "adversarial":
         n = max(s["count"], 1)
         return {

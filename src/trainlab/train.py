@@ -285,7 +285,7 @@ def _set_up(cfg: DictConfig, run_dir: Path, resume: Resume | None) -> SetUp:
     earlier = rundir.read_json(run_json) if run_json.is_file() else None
     # A resumed run standardizes its inputs with the statistics it started with.
     stats = ((earlier or {}).get("data") or {}).get("standardize") if resume else None
-    data = build_data(cfg.dataset, device, stats)
+    data = build_data(cfg.dataset, device, stats, cfg.task)
     config.check(cfg)  # again: the keys the data filled in (dataspec.py) meet the other rules
     parts = build_parts(cfg, trainer, data, device, world)
     preflight(cfg, parts)
