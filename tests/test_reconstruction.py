@@ -142,7 +142,8 @@ def test_reconstruction_config_mistakes_fail_at_check(make_cfg, overrides, messa
          "task=reconstruction rebuilds its input, shape [2, 1, 8, 8]"),
         (["model=mae", "model.patch_size=3"], "model.patch_size=3: must divide the sides"),
         (["dataset=image_folder", "dataset.num_workers=0", "~dataset.corruption",
-          "model=conv_autoencoder"], "reconstruction and dataset.corruption work on in-memory"),
+          "model=conv_autoencoder"],
+         "reconstruction, contrastive runs and dataset.corruption work"),
     ],
 )  # fmt: skip
 def test_reconstruction_model_mistakes_fail_before_training(make_cfg, tmp_path, overrides, message):

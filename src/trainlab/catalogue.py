@@ -27,9 +27,12 @@ TASK_METRICS = {
     # task=reconstruction: mse per element (of the hidden parts, for a masked autoencoder)
     # and the PSNR, 10 log10(peak^2 / mse), peak = the clean train inputs' range.
     "reconstruction": ("loss", "mse", "psnr"),
+    # task=contrastive: the loss and pos_sim (the two views' cosine similarity) in training;
+    # knn_acc (leave-one-out k-NN accuracy of the features, contrastive.py) on val/ and test/.
+    "contrastive": ("loss", "pos_sim", "knn_acc"),
 }
 # The run-level shapes (config.TASKS) whose metrics do not follow the dataset's task.
-SHAPES = ("adversarial", "reconstruction")
+SHAPES = ("adversarial", "reconstruction", "contrastive")
 DATASET_TASKS = tuple(t for t in TASK_METRICS if t not in SHAPES)
 LOWER_IS_BETTER = ("loss", "rmse", "mae", "fd", "mse")
 
@@ -45,6 +48,8 @@ LOSS_TASKS = {
     "torch.nn.HuberLoss": ("huber", ("regression", "reconstruction")),
     "torch.nn.BCELoss": ("bce", ("reconstruction",)),  # on probabilities: a sigmoid output
     "trainlab.losses.MaskedMSELoss": ("masked_mse", ("reconstruction",)),
+    "trainlab.losses.InfoNCELoss": ("info_nce", ("contrastive",)),
+    "trainlab.losses.TripletLoss": ("triplet", ("contrastive",)),
     "trainlab.losses.LogCoshLoss": ("log_cosh", ("regression",)),
     "torch.nn.BCEWithLogitsLoss": ("bce_with_logits", ("binary", "multilabel")),
     "torch.nn.SoftMarginLoss": ("soft_margin", ("binary", "multilabel")),
@@ -100,13 +105,13 @@ def check_loss(loss: DictConfig, dataset: DictConfig, key: str, shape: str = "su
         option, tasks = LOSS_TASKS[target]
         if kind not in tasks:
             fitting = [name for name, t in LOSS_TASKS.values() if kind in t]
-            what = "task=reconstruction" if kind == "reconstruction" else f"dataset.task={kind}"
+            what = f"task={kind}" if kind in SHAPES else f"dataset.task={kind}"
             raise ConfigError(
                 f"{key}={option} fits {' or '.join(tasks)} targets, but {what}; use {key}= one "
                 f"of {', '.join(fitting)}"
             )
-    if kind == "reconstruction":
-        return  # the targets are the inputs: no labels, classes or weights to check
+    if kind in SHAPES:
+        return  # no labels (reconstruction), or labels only the k-NN evaluation reads
     if target in NEGATIVE_LABEL and dataset.get("negative_label") != NEGATIVE_LABEL[target]:
         want = NEGATIVE_LABEL[target]
         raise ConfigError(

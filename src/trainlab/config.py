@@ -45,7 +45,7 @@ Interval = Choice("Interval", {"epoch": "epoch", "step": "step"})
 Mode = Choice("Mode", {"auto": "auto", "min": "min", "max": "max"})
 Accelerator = Choice("Accelerator", {k: k for k in ("auto", "cpu", "cuda", "mps")})
 # The training shapes (DESIGN 10): each has its own step function in steps.py.
-TASKS = ("supervised", "adversarial", "reconstruction")
+TASKS = ("supervised", "adversarial", "reconstruction", "contrastive")
 CORRUPTIONS = ("gaussian", "zero")  # dataset.corruption.kind (reconstruction.Corruption)
 
 
@@ -93,6 +93,7 @@ class TrainerConfig:
     tf32: bool = MISSING
     step: str | None = MISSING
     d_steps_per_g_step: int = MISSING
+    knn_k: int = MISSING
     nan_policy: NanPolicy = MISSING
     nan_skip_limit: int = MISSING
     resume: ResumeMode = MISSING
@@ -253,6 +254,7 @@ def _check_task(cfg: DictConfig) -> None:
     _at_least(cfg, "trainer.d_steps_per_g_step", 1)
     adversarial = cfg.task == "adversarial"
     _check_corruption(cfg)
+    _check_views(cfg)
     if cfg.loss._target_ == ADVERSARIAL_LOSS and not adversarial:
         raise ConfigError(
             f"loss=adversarial: it trains a generator against a discriminator, but task="
@@ -363,6 +365,30 @@ def _check_corruption(cfg: DictConfig) -> None:
         raise ConfigError(f"dataset.corruption.std={node.get('std')}: must be > 0 for gaussian")
     if kind == "zero" and not 0 < (node.get("rate") or 0) < 1:
         raise ConfigError(f"dataset.corruption.rate={node.get('rate')}: must be in (0, 1)")
+
+
+def _check_views(cfg: DictConfig) -> None:
+    views, contrastive = cfg.dataset.get("views"), cfg.task == "contrastive"
+    if views is not None and not contrastive:
+        raise ConfigError(
+            f"dataset.views: two augmented views per sample are for task=contrastive, but "
+            f"task={cfg.task}; set task=contrastive (see experiment=mnist1d_contrastive)"
+        )
+    if not contrastive:
+        return
+    if views is None:
+        raise ConfigError(
+            "dataset.views: task=contrastive trains on two augmented views of each sample; add "
+            "+dataset.views={shift:4,scale:0.2,noise:0.2} (see experiment=mnist1d_contrastive)"
+        )
+    for key in ("shift", "scale", "noise"):
+        _at_least(cfg, f"dataset.views.{key}", 0)
+    if cfg.dataset.task != "classification":
+        raise ConfigError(
+            f"dataset.task={cfg.dataset.task}: task=contrastive is evaluated by the k-NN "
+            "accuracy of its embeddings, which needs class labels; use a classification dataset"
+        )
+    _at_least(cfg, "trainer.knn_k", 1)
 
 
 def _check_optimizer(cfg: DictConfig, key: str = "optimizer") -> None:

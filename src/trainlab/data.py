@@ -34,6 +34,7 @@ from trainlab.tasks import Target
 TRAINLAB_KEYS = (
     "task", "input_shape", "num_features", "num_outputs", "num_classes", "negative_label",
     "heads", "monitor", "val_fraction", "split_seed", "num_workers", "standardize", "corruption",
+    "views",
 )  # fmt: skip
 
 
@@ -78,6 +79,7 @@ class Data:
     features: list[str] | None = None  # the input columns' names (a CSV table)
     standardize: dict[str, list[float]] | None = None  # dataset.standardize's statistics
     corruption: DictConfig | None = None  # dataset.corruption (reconstruction.Corruption)
+    views: DictConfig | None = None  # dataset.views (contrastive.TwoViews)
 
     def held_targets(self) -> list[Target]:
         """The targets of the splits held in memory (a Dataset's are read only by batching)."""
@@ -120,6 +122,7 @@ def build_data(
         classes=loaded.get("classes"), features=loaded.get("features"),
         standardize=stats if cfg.get("standardize") else None,
         corruption=cfg.get("corruption"),
+        views=cfg.get("views"),
     )  # fmt: skip
 
 
@@ -139,6 +142,14 @@ def epoch_seed(seed: int, *keys: int) -> int:
     """A well-mixed 63-bit seed for (run seed, epoch, ...): streams independent of each other."""
     state = np.random.SeedSequence([seed, *keys]).generate_state(1, dtype=np.uint64)[0]
     return int(state) >> 1
+
+
+def sample_seeds(seed: int, keys: tuple[int, ...], idx: Tensor) -> list[int]:
+    """One seed per sample index for a per-sample draw: the (seed, *keys) stream's seed plus
+    the index (torch's Mersenne Twister seeding scatters neighbouring seeds into unrelated
+    streams). One SeedSequence per batch, not per sample: 1.4 us a sample instead of 15."""
+    base = epoch_seed(seed, *keys)
+    return [(base + i) % 2**63 for i in idx.tolist()]
 
 
 def epoch_order(n: int, shuffle: bool, seed: int, epoch: int) -> Tensor:
@@ -203,13 +214,14 @@ class TensorBatches:
 
     def __init__(
         self, split: Split, batch_size: int, shuffle: bool, seed: int, shard: Shard = Shard(),
-        corrupt: Any = None,
+        transform: Any = None,
     ) -> None:  # fmt: skip
         self.split, self.batch_size, self.shuffle, self.seed = split, batch_size, shuffle, seed
         self.device, self.shard = split.x.device, shard
         self.limit: int | None = None  # batches an epoch uses (trainer.limit_*_batches)
-        # (x, sample indices, epoch) -> x corrupted per sample (reconstruction.Corruption)
-        self.corrupt = corrupt
+        # (x, sample indices, epoch) -> x transformed per sample, seeded by (epoch, index): a
+        # reconstruction's corruption, a contrastive run's two views
+        self.transform = transform
 
     def full_length(self) -> int:
         return self.shard.count(len(self.split), self.batch_size)
@@ -225,10 +237,10 @@ class TensorBatches:
         order = self.order(epoch).to(self.device)
         for idx in self.shard.batches(order, self.batch_size, start, len(self)):
             batch = self.split.take(idx)
-            if self.corrupt is None:
+            if self.transform is None:
                 yield batch.x, batch.y
             else:
-                yield self.corrupt(batch.x, idx, epoch), batch.y
+                yield self.transform(batch.x, idx, epoch), batch.y
 
     def sample(self, n: int) -> tuple[Tensor, Target]:
         """The first n samples, in stored order (for the preflight pass)."""
@@ -348,11 +360,11 @@ def make_batches(
 def _dataset_splits(
     cfg: DictConfig, loaded: DatasetSplits, device: torch.device, task: str
 ) -> Data:
-    if task == "reconstruction" or cfg.get("corruption") is not None:
+    if task in ("reconstruction", "contrastive") or cfg.get("corruption") is not None:
         raise ConfigError(
             f"task={task}: {cfg._target_} reads its samples through a DataLoader; "
-            "reconstruction and dataset.corruption work on in-memory datasets (mnist1d, "
-            "digits, the synthetic ones, mnist, fashion_mnist, cifar10)"
+            "reconstruction, contrastive runs and dataset.corruption work on in-memory "
+            "datasets (mnist1d, digits, the synthetic ones, mnist, fashion_mnist, cifar10)"
         )
     if cfg.get("standardize"):
         raise ConfigError(

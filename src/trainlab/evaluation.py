@@ -100,7 +100,7 @@ def eval_run(run_dir: Path, which: str, split: str) -> int:
         trainer = dataclasses.replace(config.trainer_of(cfg), **whole)
         loss_fn = build_loss(cfg.loss).to(device)
         started = time.perf_counter()
-        task = tasks.task_of(cfg.dataset, data.held_targets(), cfg.task)
+        task = tasks.task_of(cfg.dataset, data.held_targets(), cfg.task, trainer.knn_k)
         precision = precision_of(trainer.precision, device)
         split_batches = batches(rows, split, trainer, cfg.seed, data, distributed.World())
         evaluate_fn = steps.resolve(cfg).evaluate or evaluate

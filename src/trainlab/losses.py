@@ -129,6 +129,42 @@ class MaskedMSELoss(nn.Module):
         return (err * mask).sum() / mask.sum().clamp(min=1)
 
 
+class InfoNCELoss(nn.Module):
+    """InfoNCE as SimCLR's NT-Xent (Chen et al., 2020), on the two views' embeddings (N, 2, D):
+    the 2N embeddings are L2-normalised; for each one, -log(exp(s_pos / t) / sum over the
+    other 2N - 1 of exp(s / t)), s the cosine similarity, pos its other view, t the
+    temperature; the mean over all 2N. The targets (labels) are not used."""
+
+    def __init__(self, temperature: float) -> None:
+        super().__init__()
+        if not temperature > 0:
+            raise ConfigError(f"loss.temperature={temperature}: must be > 0, e.g. 0.5")
+        self.temperature = temperature
+
+    def forward(self, views: Tensor, target: Any = None) -> Tensor:
+        n = len(views)
+        z = F.normalize(torch.cat([views[:, 0], views[:, 1]]), dim=1)
+        logits = z @ z.T / self.temperature
+        logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), -math.inf)
+        positive = torch.arange(2 * n, device=z.device).roll(n)  # i <-> i + n
+        return F.cross_entropy(logits, positive)
+
+
+class TripletLoss(nn.Module):
+    """The triplet margin loss on the two views' embeddings (N, 2, D): anchor = view 1,
+    positive = view 2 of the same sample, negative = view 2 of the next sample in the batch;
+    mean(max(0, |a - p| - |a - n| + margin)) with torch's triplet_margin_loss (L2). The
+    targets (labels) are not used: a negative may share its anchor's class."""
+
+    def __init__(self, margin: float) -> None:
+        super().__init__()
+        self.margin = margin
+
+    def forward(self, views: Tensor, target: Any = None) -> Tensor:
+        anchor, positive = views[:, 0], views[:, 1]
+        return F.triplet_margin_loss(anchor, positive, positive.roll(1, 0), margin=self.margin)
+
+
 class _LogCosh(torch.autograd.Function):
     """mean(log(cosh(input - target))) with a hand-written backward: d/dx = tanh(x - y) / n."""
 

@@ -22,6 +22,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from trainlab import distributed, steps
 from trainlab.build import build_loss, build_model, build_optimizer, build_scheduler
 from trainlab.config import Interval, TrainerConfig, batches_per_step, monitor_mode
+from trainlab.contrastive import TwoViews
 from trainlab.data import Data, LoaderBatches, Shard, Split, TensorBatches, make_batches
 from trainlab.errors import ConfigError
 from trainlab.reconstruction import Corruption
@@ -208,7 +209,7 @@ def build_parts(
     interval = Interval(cfg.scheduler.interval)
     parts = Parts(
         model, loss_fn, optimizer, None, interval,
-        task=task_of(cfg.dataset, data.held_targets(), cfg.task),
+        task=task_of(cfg.dataset, data.held_targets(), cfg.task, trainer.knn_k),
         train=train,
         val=val,
         precision=precision_of(trainer.precision, device),
@@ -245,9 +246,12 @@ def batches(
     made = make_batches(split, trainer.batch_size, shuffle, seed, data.device, data.num_workers,
                         memory_format(trainer), shard)  # fmt: skip
     made.limit = batch_limit(trainer, which, made.full_length())
+    # Per-sample seeded transforms, in-memory splits only (data.py refuses the others).
     corruption = Corruption.from_config(data.corruption, seed)
-    if corruption is not None:  # in-memory splits only (data.py refuses it for the others)
-        made.corrupt = corruption.for_split(which)
+    if corruption is not None:
+        made.transform = corruption.for_split(which)
+    if data.views is not None and which == "train":  # evaluation embeds the samples as they are
+        made.transform = TwoViews.from_config(data.views, seed)
     return made
 
 

@@ -35,6 +35,8 @@ def preflight(cfg: DictConfig, parts: Parts) -> None:
             model.train()
         if cfg.task == "reconstruction":
             _reconstructs(cfg, output, x)
+        elif cfg.task == "contrastive":
+            output = _embeds(cfg, model, x)
         else:
             tasks.check_output(cfg.dataset, output, y, "dataset")
         try:
@@ -101,6 +103,24 @@ def _reconstructs(cfg: DictConfig, output: object, x: torch.Tensor) -> None:
             f"task=reconstruction rebuilds its input, shape {list(x.shape)}; use "
             "model=autoencoder, conv_autoencoder or mae"
         )
+
+
+def _embeds(cfg: DictConfig, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Samples give features (N, F); two views of each give projections (N, 2, D): what the
+    contrastive loss is handed."""
+    if not (isinstance(features := model(x), torch.Tensor) and features.dim() == 2):
+        raise ConfigError(
+            f"model={cfg.model._target_}: gives {tasks.shapes(features)} for samples; "
+            "task=contrastive needs one feature vector per sample; use model=embedder"
+        )
+    views = _run(model, torch.stack([x, x], 1), f"model={cfg.model._target_}",
+                 f"two views of shape {[len(x), 2, *x.shape[1:]]}")  # fmt: skip
+    if views.dim() != 3 or views.shape[:2] != (len(x), 2):
+        raise ConfigError(
+            f"model={cfg.model._target_}: gives {tasks.shapes(views)} for two views of each "
+            f"sample, not ({len(x)}, 2, D); use model=embedder"
+        )
+    return views
 
 
 def _run(net: torch.nn.Module, x: torch.Tensor, key: str, what: str) -> torch.Tensor:

@@ -3,8 +3,9 @@ inputs, `dataset.corruption` corrupts the inputs the model sees (a denoising aut
 and the reconstructions are shown in TensorBoard beside their inputs each epoch.
 
 Corruption is seeded per sample: sample i of a split in epoch e gets the draw of a generator
-seeded by (run seed, split, e, i), so it depends on nothing else (not the batch size, the
-order, or what ran before) and a resumed epoch corrupts every sample as the straight run did.
+seeded by (run seed, split, e) and i (data.sample_seeds), so it depends on nothing else (not
+the batch size, the order, or what ran before) and a resumed epoch corrupts every sample as
+the straight run did.
 Validation and test corrupt with epoch 0's draw every time."""
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from trainlab.data import epoch_seed
+from trainlab.data import sample_seeds
 from trainlab.metrics import Events
 
 CORRUPTION_STREAM = 0xC0
@@ -47,11 +48,9 @@ class Corruption:
     def __call__(self, x: Tensor, idx: Tensor, epoch: int) -> Tensor:
         """x (samples idx of the split, in this epoch) corrupted, each by its own draw."""
         epoch = epoch if self.split == SPLITS["train"] else 0
-        draws = []
-        for i in idx.tolist():
-            g = torch.Generator().manual_seed(
-                epoch_seed(self.seed, CORRUPTION_STREAM, self.split, epoch, i)
-            )
+        draws, g = [], torch.Generator()
+        for seed in sample_seeds(self.seed, (CORRUPTION_STREAM, self.split, epoch), idx):
+            g.manual_seed(seed)
             if self.kind == "gaussian":
                 draws.append(torch.randn(x.shape[1:], generator=g))
             else:

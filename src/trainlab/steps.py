@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from trainlab import adversarial, distributed
+from trainlab import adversarial, contrastive, distributed
 from trainlab.errors import ConfigError
 from trainlab.tasks import Target
 
@@ -99,9 +99,16 @@ def adversarial_step(parts: Parts, batches: list[Batch], trainer: TrainerConfig)
 
 SUPERVISED = Step(supervised_step)
 ADVERSARIAL = Step(adversarial_step, adversarial.extra_state, adversarial.evaluate)
-# task=reconstruction trains with the supervised step: its data gives (corrupted input, clean
-# input) pairs (reconstruction.py), and a masked autoencoder masks inside its forward.
-BUILT_IN = {"supervised": SUPERVISED, "adversarial": ADVERSARIAL, "reconstruction": SUPERVISED}
+# task=reconstruction and task=contrastive train with the supervised step: what differs is in
+# their data and loss, not in how the optimizer steps. A reconstruction's data gives
+# (corrupted input, clean input) pairs (reconstruction.py; a masked autoencoder masks inside its
+# forward); a contrastive run's gives two views of each sample, which the model embeds and the
+# loss pulls together (contrastive.py), and it is evaluated by k-NN accuracy.
+CONTRASTIVE = Step(supervised_step, evaluate=contrastive.evaluate)
+BUILT_IN = {
+    "supervised": SUPERVISED, "adversarial": ADVERSARIAL, "reconstruction": SUPERVISED,
+    "contrastive": CONTRASTIVE,
+}  # fmt: skip
 
 
 def resolve(cfg: DictConfig) -> Step:

@@ -33,7 +33,7 @@ from trainlab.errors import ConfigError
 ALLOWED = (
     "trainlab.models", "trainlab.gan", "trainlab.autoencoders", "trainlab.losses",
     "trainlab.data", "trainlab.datasets", "trainlab.synthetic", "trainlab.schedules",
-    "trainlab.steps",
+    "trainlab.steps", "trainlab.embedders",
     "torch.nn", "torch.optim",
     "torchvision.models", "torchvision.datasets", "torchvision.transforms",
 )  # fmt: skip

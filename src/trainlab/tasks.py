@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 from torch import Tensor
+from torch.nn import functional as F
 
 from trainlab import distributed
 from trainlab.errors import ConfigError, DataError
@@ -35,6 +36,7 @@ class Task:
     ignored_labels: bool = False
     # Reconstruction: the clean inputs' range (max - min over the train split), PSNR's peak.
     peak: float = 1.0
+    knn_k: int = 20  # contrastive: the neighbours that vote in the k-NN evaluation
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> Task:
@@ -46,12 +48,16 @@ class Task:
         return cls(cfg.task, cfg.num_outputs, classes, heads)
 
 
-def task_of(cfg: DictConfig, targets: list[Target], shape: str = "supervised") -> Task:
+def task_of(
+    cfg: DictConfig, targets: list[Target], shape: str = "supervised", knn_k: int = 20
+) -> Task:
     """The task of a dataset node; `targets` are the labels held in memory (data.held_targets).
     `shape`, the run's top-level task: adversarial and reconstruction runs measure their own
     things, whatever the dataset's labels (reconstruction's targets are the inputs)."""
     if shape == "adversarial":
         return Task("adversarial", 1)
+    if shape == "contrastive":
+        return Task("contrastive", cfg.num_outputs, cfg.num_classes, knn_k=knn_k)
     if shape == "reconstruction":
         train = targets[0]
         return Task("reconstruction", int(train[0].numel()), peak=float(train.max() - train.min()))
@@ -200,6 +206,8 @@ def _add_metric_sums(task: Task, sums: Sums, p: str, device: torch.device) -> No
             _add_metric_sums(spec, sums, f"{p}{head}_", device)
     elif kind == "reconstruction":
         sums["sq_err"], sums["count"] = _zeros((), device), _counts((), device)
+    elif kind == "contrastive":
+        sums["pos_sim"], sums["count"] = _zeros((), device), 0
     elif kind == "adversarial":  # per-sample results of steps.adversarial_step
         sums["d_real"], sums["d_fake"], sums["g_loss"] = (_zeros((), device) for _ in range(3))
         sums["d_hits"], sums["count"], sums["g_count"] = _counts((), device), 0, 0
@@ -255,6 +263,9 @@ def _accumulate(task: Task, sums: Any, p: str, output: Any, y: Target) -> None:
         else:
             sums["sq_err"] += (err * mask).sum()
             sums["count"] += torch.count_nonzero(mask)
+    elif kind == "contrastive":  # (N, 2, D): the two views' projections
+        sums["pos_sim"] += F.cosine_similarity(output[:, 0], output[:, 1], dim=-1).double().sum()
+        sums["count"] += len(output)
     elif kind == "adversarial":
         real, fake = output["d_real"], output["d_fake"]
         sums["d_real"] += real.double().sum()
@@ -292,6 +303,8 @@ def _summarize(task: Task, s: Any, p: str) -> dict[str, float]:
         mse = s["sq_err"].item() / max(s["count"].item(), 1)
         psnr = 10 * math.log10(task.peak**2 / mse) if mse > 0 else math.inf
         return {"mse": mse, "psnr": psnr}
+    if kind == "contrastive":
+        return {"pos_sim": s["pos_sim"].item() / max(s["count"], 1)}
     if kind == "adversarial":
         n = max(s["count"], 1)
         return {
