@@ -101,7 +101,7 @@ MUTANTS = [
            'where = ["--bind_all"] if bind_all else ["--host", "127.0.0.1"]',
            'where = ["--host", "127.0.0.1"]',
            ("tests/test_verbs.py", "-k", "bind_all")),
-    Mutant("regression predictions rounded to two digits", T + "tasks.py",
+    Mutant("regression predictions rounded to two digits", T + "fitting.py",
            'rows = [[f"{v:.6g}" for v in row] for row in out.tolist()]',
            'rows = [[f"{v:.2g}" for v in row] for row in out.tolist()]',
            ("tests/test_verbs.py", "-k", "regression_table")),

@@ -176,7 +176,8 @@ def test_signals_are_drawn_as_connected_lines():
          "val/loss, val/d_acc"),
         (["trainer.d_steps_per_g_step=2"], "trainer.d_steps_per_g_step=2: only task=adversarial"),
         (["+optimizer@optimizer_g=adam"], "optimizer_g: only task=adversarial has a generator"),
-        ([*GAN, "task=contrastive"], "task=contrastive: must be one of supervised, adversarial"),
+        ([*GAN, "task=transfer"], "task=transfer: must be one of supervised, adversarial, "
+         "reconstruction, contrastive"),
     ],
 )  # fmt: skip
 def test_gan_config_mistakes_fail_at_check_naming_the_key(make_cfg, overrides, message):

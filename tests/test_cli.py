@@ -51,15 +51,16 @@ def test_help_and_cfg_answer_without_importing_torch():
         [sys.executable, "-c", code, "train", "--help"], capture_output=True, text=True
     ).stdout
     assert (
-        "model: cnn, cnn1d, fcn, gru, lenet, mlp, multihead, resnet9, sequential, torchvision"
-        in help_text
+        "model: autoencoder, cnn, cnn1d, conv_autoencoder, dcgan, embedder, fcn, gan, gru, lenet, "
+        "mae, mlp, multihead, resnet9, sequential, torchvision" in help_text
     )
     assert "scheduler: cosine, cosine_warm_restarts, exponential, lambda_warmup" in help_text
     # Each group's default, as conf/train.yaml's defaults list picks it.
     assert ", sequential, torchvision (default: cnn1d)\n" in help_text
     assert "  optimizer: adadelta, " in help_text and ", sgd (default: adam)\n" in help_text
     assert (
-        "  experiment: binary, " in help_text and ", segmentation (none by default)\n" in help_text
+        "  experiment: binary, " in help_text
+        and ", soft_labels_kl (none by default)\n" in help_text
     )
 
 

@@ -153,3 +153,20 @@ def test_targets_outside_the_allowlist_are_refused(make_cfg, monkeypatch):
     monkeypatch.setenv("TRAINLAB_TARGETS", "os")
     with pytest.raises(ConfigError, match=r"model._target_=os.system: not an allowed target"):
         config.check(cfg)
+
+
+def test_override_values_read_as_the_command_line_reads_them():
+    """`trainlab resume RUN optimizer.lr=5e-4`: YAML 1.1 reads 5e-4 as a string, Hydra (and so
+    `trainlab train`) as a float; a resume's override means what it meant at the launch."""
+    from trainlab.runconfig import parse_value
+
+    assert parse_value("5e-4") == 5e-4 and isinstance(parse_value("1E3"), float)
+    assert parse_value("2.5e-3") == 2.5e-3 and parse_value("-1e-2") == -0.01
+    assert parse_value("0.1") == 0.1 and parse_value("3") == 3 and parse_value("adam") == "adam"
+    assert parse_value("[1, 2]") == [1, 2] and parse_value("") is None
+
+
+def test_a_number_key_given_text_is_a_config_error_not_a_crash(make_cfg):
+    with pytest.raises(ConfigError) as info:
+        config.check(make_cfg("optimizer.lr=fast"))
+    assert "optimizer.lr=fast: must be a number > 0" in str(info.value)

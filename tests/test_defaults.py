@@ -24,6 +24,10 @@ DEVIATIONS = {
         "with torch's None and lr 1, LBFGS on mini-batches diverged to NaN in a few steps",
     ),
     ("scheduler/plateau", "mode"): (None, "null = trainer.monitor's direction (min or max)"),
+    ("loss/kl_div", "reduction"): (
+        "batchmean",
+        "the KL divergence per sample; torch's 'mean' divides by the classes too",
+    ),
 }
 # Keys that are trainlab's, not the constructor's; and constructor arguments left out on
 # purpose: the parameters and optimizer are passed by the builder, size_average and reduce

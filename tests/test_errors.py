@@ -20,7 +20,7 @@ CASES = [
     ("malformed YAML", ["train", "hydra.searchpath=[file://{conf}]", "experiment=broken"], 2,
      "broken.yaml: not valid YAML at line 4"),
     ("unknown option", ["train", "model=transformer"], 2,
-     "model=transformer: no such option. Options: cnn, cnn1d"),
+     "model=transformer: no such option. Options: autoencoder, cnn, cnn1d"),
     ("option misspelt", ["train", "optimizer=adamm"], 2, "did you mean optimizer=adam?"),
     ("unknown key", ["train", "trainer.max_epoch=3"], 2,
      "trainer.max_epoch: unknown key; did you mean trainer.max_epochs=3?"),
@@ -56,7 +56,7 @@ CASES = [
      "model.num_outputs=3: the model gives outputs of shape [2, 3] but the dataset has 10 "
      "classes (dataset.num_classes=10)"),
     ("regression loss on classes", ["train", "loss=l1"], 2,
-     "loss=l1 fits regression targets, but dataset.task=classification"),
+     "loss=l1 fits regression or reconstruction targets, but dataset.task=classification"),
     ("a class count the table disagrees with", ["train", *CSV, "dataset.num_classes=2"], 4,
      "dataset.num_classes=2: the data has 3 classes (setosa, versicolor, virginica); set "
      "dataset.num_classes=3, or null to read it from the data"),

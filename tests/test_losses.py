@@ -133,7 +133,7 @@ def test_soft_label_and_hinge_experiments_train_to_their_numbers(make_cfg, tmp_p
 
 @pytest.mark.parametrize("log_target", [False, True])
 def test_soft_targets_that_are_not_probabilities_are_refused_naming_the_key(make_cfg, log_target):
-    from trainlab import tasks
+    from trainlab import fitting
 
     flag = str(log_target).lower()
     cfg = make_cfg(
@@ -141,10 +141,10 @@ def test_soft_targets_that_are_not_probabilities_are_refused_naming_the_key(make
     )
     probs = torch.tensor([[0.2, 0.8, 0.0, 0.0, 0.0]])
     good = probs.log() if log_target else probs
-    tasks.check_targets(cfg.dataset, "train", good, "dataset")
+    fitting.check_targets(cfg.dataset, "train", good, "dataset")
     bad = torch.tensor([[0.5, 0.8, 0.0, 0.0, 0.0]])  # sums to 1.3
     with pytest.raises(DataError, match=f"dataset.log_target={flag}: the train targets are not"):
-        tasks.check_targets(cfg.dataset, "train", bad.log() if log_target else bad, "dataset")
+        fitting.check_targets(cfg.dataset, "train", bad.log() if log_target else bad, "dataset")
 
 
 def test_multi_task_weights_scale_each_head(make_cfg):
@@ -159,7 +159,8 @@ def test_multi_task_weights_scale_each_head(make_cfg):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["loss=l1"], "loss=l1 fits regression targets, but dataset.task=classification; use"),
+        (["loss=l1"], "loss=l1 fits regression or reconstruction targets, but dataset.task="
+         "classification; use"),
         (["experiment=regression", "loss=cross_entropy"],
          "loss=cross_entropy fits classification or segmentation targets, but dataset.task="
          "regression"),

@@ -5,6 +5,7 @@ PYTHONPATH, `trainlab configs` and its --copy, and shell completion's query."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -227,7 +228,8 @@ def test_a_package_without_its_config_groups_says_so(args, tmp_path, monkeypatch
 def test_train_help_shows_the_projects_options(proj, capsys):
     assert cli.main(["train", "--help"]) == 0
     out = capsys.readouterr().out
-    assert "  model: cnn, cnn1d, " in out and "my_model*" in out and "(default: cnn1d)" in out
+    assert "  model: autoencoder, cnn, cnn1d, " in out and "my_model*" in out
+    assert "(default: cnn1d)" in out
     assert f"* from your config folder: {proj / 'conf'}" in out
 
 
@@ -238,9 +240,11 @@ def test_configs_lists_groups_and_options_with_descriptions(proj, capsys):
     assert cli.main(["configs", "model"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("model:\n")
-    assert "  mlp          Multi-layer perceptron on the flattened input.\n" in out
+    assert re.search(r"^  mlp +Multi-layer perceptron on the flattened input\.$", out, re.M)
     assert "(default)" in out.split("cnn1d", 1)[1].splitlines()[0]
-    assert "my_model     Your model: MyNet in models.py, in this project folder.  (yours)" in out
+    assert re.search(
+        r"my_model +Your model: MyNet in models.py, in this project folder\.  \(yours\)", out
+    )
     assert cli.main(["configs"]) == 0
     every = capsys.readouterr().out
     for group in ("dataset:", "optimizer:", "scheduler:", "hydra/launcher:", "experiment:"):
@@ -309,7 +313,7 @@ def test_completion_query_answers_verbs_options_and_keys(proj, capsys):
     assert complete(capsys, "trainlab co") == ["configs", "completion"]
     assert complete(capsys, "trainlab train mo") == ["model=", "model."]  # an option, a key
     assert complete(capsys, "trainlab train model=m") == [
-        "model=mlp", "model=multihead", "model=my_model",
+        "model=mae", "model=mlp", "model=multihead", "model=my_model",
     ]  # fmt: skip
     assert complete(capsys, "trainlab train -m optimizer=sgd,ad") == [
         "optimizer=sgd,adadelta", "optimizer=sgd,adagrad", "optimizer=sgd,adam",
@@ -329,7 +333,7 @@ def test_completion_query_answers_verbs_options_and_keys(proj, capsys):
     assert complete(capsys, "trainlab eval outp") == []  # run folders: the shell's files
     # bash splits words at '=': it replaces only what follows, so that is what is printed.
     assert complete(capsys, "trainlab train model=ml", "ml") == ["mlp"]
-    assert complete(capsys, "trainlab train model=", "=")[:2] == ["=cnn", "=cnn1d"]
+    assert complete(capsys, "trainlab train model=", "=")[:3] == ["=autoencoder", "=cnn", "=cnn1d"]
 
 
 def test_completion_scripts_install_and_call_the_query(tmp_path, capsys):

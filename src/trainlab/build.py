@@ -42,8 +42,8 @@ def build_optimizer(cfg: DictConfig, model: nn.Module, key: str = "optimizer") -
     """
     kwargs = _container(cfg)
     group_specs = kwargs.pop("param_groups")
-    for key in OPTIMIZER_KEYS:
-        kwargs.pop(key, None)
+    for own in OPTIMIZER_KEYS:
+        kwargs.pop(own, None)
     make = instantiate_node(kwargs, key)
     params = param_groups(model, group_specs, _option_names(kwargs["_target_"]), key)
     return _call(make, key, params)

@@ -31,7 +31,7 @@ TASK_METRICS = {
     # knn_acc (leave-one-out k-NN accuracy of the features, contrastive.py) on val/ and test/.
     "contrastive": ("loss", "pos_sim", "knn_acc"),
 }
-# The run-level shapes (config.TASKS) whose metrics do not follow the dataset's task.
+# The run-level shapes (shapes.TASKS) whose metrics do not follow the dataset's task.
 SHAPES = ("adversarial", "reconstruction", "contrastive")
 DATASET_TASKS = tuple(t for t in TASK_METRICS if t not in SHAPES)
 LOWER_IS_BETTER = ("loss", "rmse", "mae", "fd", "mse")

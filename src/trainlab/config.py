@@ -44,9 +44,6 @@ ProgressMode = Choice("ProgressMode", {k: k for k in ("auto", "bar", "lines", "n
 Interval = Choice("Interval", {"epoch": "epoch", "step": "step"})
 Mode = Choice("Mode", {"auto": "auto", "min": "min", "max": "max"})
 Accelerator = Choice("Accelerator", {k: k for k in ("auto", "cpu", "cuda", "mps")})
-# The training shapes (DESIGN 10): each has its own step function in steps.py.
-TASKS = ("supervised", "adversarial", "reconstruction", "contrastive")
-CORRUPTIONS = ("gaussian", "zero")  # dataset.corruption.kind (reconstruction.Corruption)
 
 
 @dataclass
@@ -107,6 +104,11 @@ class TrainerConfig:
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
+    def batches_per_step(self) -> int:
+        """Batches each call of the step trains on: accumulated ones (supervised), or the
+        discriminator's before each generator step (adversarial); check() keeps the other 1."""
+        return self.accumulate_grad_batches * self.d_steps_per_g_step
+
 
 @dataclass
 class PathsConfig:
@@ -149,19 +151,19 @@ def check(cfg: DictConfig) -> None:
     """Raise ConfigError for the first value that breaks a rule; cheap, touches no files."""
     _check_known_keys(cfg, TrainConfig, "")
     check_name(cfg.name)
-    _at_least(cfg, "seed", 0)
-    _at_least(cfg, "trainer.max_epochs", 1)
-    _at_least(cfg, "trainer.max_steps", 1, optional=True)
-    _at_least(cfg, "trainer.batch_size", 1)
-    _at_least(cfg, "trainer.accumulate_grad_batches", 1)
-    _at_least(cfg, "trainer.val_every_epochs", 1)
-    _at_least(cfg, "trainer.log_every_n_steps", 1)
-    _at_least(cfg, "trainer.num_threads", 1, optional=True)
-    _at_least(cfg, "trainer.early_stopping.patience", 1, optional=True)
-    _at_least(cfg, "trainer.checkpoint.every_n_epochs", 1, optional=True)
-    _at_least(cfg, "trainer.checkpoint.every_n_steps", 1, optional=True)
-    _at_least(cfg, "trainer.checkpoint.top_k", 1)
-    _at_least(cfg, "trainer.nan_skip_limit", 0)
+    at_least(cfg, "seed", 0)
+    at_least(cfg, "trainer.max_epochs", 1)
+    at_least(cfg, "trainer.max_steps", 1, optional=True)
+    at_least(cfg, "trainer.batch_size", 1)
+    at_least(cfg, "trainer.accumulate_grad_batches", 1)
+    at_least(cfg, "trainer.val_every_epochs", 1)
+    at_least(cfg, "trainer.log_every_n_steps", 1)
+    at_least(cfg, "trainer.num_threads", 1, optional=True)
+    at_least(cfg, "trainer.early_stopping.patience", 1, optional=True)
+    at_least(cfg, "trainer.checkpoint.every_n_epochs", 1, optional=True)
+    at_least(cfg, "trainer.checkpoint.every_n_steps", 1, optional=True)
+    at_least(cfg, "trainer.checkpoint.top_k", 1)
+    at_least(cfg, "trainer.nan_skip_limit", 0)
     keep = cfg.trainer.checkpoint.keep_last
     if keep < 2:
         raise ConfigError(
@@ -185,22 +187,24 @@ def check(cfg: DictConfig) -> None:
             f"trainer.overfit_batches={t.overfit_batches}: it sets which batches train and "
             "validate, so trainer.limit_train_batches and limit_val_batches must be null"
         )
-    _at_least(cfg, "trainer.tensorboard.example_images", 0)
-    _at_least(cfg, "trainer.tensorboard.histograms_every_n_epochs", 1, optional=True)
-    _positive(cfg, "trainer.grad_clip_norm", optional=True)
-    _at_least(cfg, "trainer.early_stopping.min_delta", 0.0)
-    _one_of(cfg, "trainer.accelerator", Accelerator)
+    at_least(cfg, "trainer.tensorboard.example_images", 0)
+    at_least(cfg, "trainer.tensorboard.histograms_every_n_epochs", 1, optional=True)
+    positive(cfg, "trainer.grad_clip_norm", optional=True)
+    at_least(cfg, "trainer.early_stopping.min_delta", 0.0)
+    one_of(cfg, "trainer.accelerator", Accelerator)
     _check_devices(cfg)
-    _one_of(cfg, "trainer.mode", Mode)
-    _one_of(cfg, "scheduler.interval", Interval)
-    _one_of(cfg, "dataset.task", catalogue.DATASET_TASKS)
+    one_of(cfg, "trainer.mode", Mode)
+    one_of(cfg, "scheduler.interval", Interval)
+    one_of(cfg, "dataset.task", catalogue.DATASET_TASKS)
     frac = cfg.dataset.val_fraction
     if not 0.0 < frac < 1.0:
         raise ConfigError(f"dataset.val_fraction={frac}: must be in (0, 1), e.g. 0.1")
-    _check_task(cfg)
+    from trainlab import shapes  # (it uses this module's rules)
+
+    shapes.check(cfg)
     _check_monitor(cfg)
     for prefix in ("optimizer", "optimizer_g") if cfg.task == "adversarial" else ("optimizer",):
-        _positive(cfg, f"{prefix}.lr")
+        positive(cfg, f"{prefix}.lr")
         _check_optimizer(cfg, prefix)
     _check_scheduler(cfg)
     catalogue.check_loss(cfg.loss, cfg.dataset, "loss", cfg.task)
@@ -245,64 +249,6 @@ def _check_monitor(cfg: DictConfig) -> None:
         )
 
 
-ADVERSARIAL_LOSS = "trainlab.losses.AdversarialLoss"
-
-
-def _check_task(cfg: DictConfig) -> None:
-    """task: which training shape, and the parts that only one shape has."""
-    _one_of(cfg, "task", TASKS)
-    _at_least(cfg, "trainer.d_steps_per_g_step", 1)
-    adversarial = cfg.task == "adversarial"
-    _check_corruption(cfg)
-    _check_views(cfg)
-    if cfg.loss._target_ == ADVERSARIAL_LOSS and not adversarial:
-        raise ConfigError(
-            f"loss=adversarial: it trains a generator against a discriminator, but task="
-            f"{cfg.task}; set task=adversarial (see experiment=mnist1d_gan)"
-        )
-    if not adversarial:
-        for key in ("optimizer_g", "scheduler_g"):
-            if cfg.get(key) is not None:
-                raise ConfigError(
-                    f"{key}: only task=adversarial has a generator; remove it or set "
-                    "task=adversarial"
-                )
-        if cfg.trainer.d_steps_per_g_step != 1:
-            raise ConfigError(
-                f"trainer.d_steps_per_g_step={cfg.trainer.d_steps_per_g_step}: only "
-                "task=adversarial alternates updates; set it to 1 or task=adversarial"
-            )
-        return
-    if cfg.loss._target_ != ADVERSARIAL_LOSS:
-        raise ConfigError(
-            f"loss={cfg.loss._target_}: task=adversarial trains with loss=adversarial "
-            "(kind: minimax_nonsaturating or hinge)"
-        )
-    if "generator" not in cfg.model or "discriminator" not in cfg.model:
-        raise ConfigError(
-            f"model={cfg.model._target_}: task=adversarial needs a generator and a "
-            "discriminator; use model=gan (MLPs) or model=dcgan (convolutions)"
-        )
-    if cfg.optimizer_g is None:
-        raise ConfigError(
-            "optimizer_g: task=adversarial needs the generator's optimizer; add "
-            "optimizer@optimizer_g=adam (see experiment=mnist1d_gan)"
-        )
-    refused = {
-        "trainer.accumulate_grad_batches": (cfg.trainer.accumulate_grad_batches != 1,
-                                            "set it to 1 (trainer.d_steps_per_g_step sets how "
-                                            "many batches each generator step follows)"),
-        "trainer.devices": (cfg.trainer.devices != 1, "train a GAN in one process for now"),
-        "trainer.precision": (cfg.trainer.precision == "fp16",
-                              "one grad scaler cannot serve two optimizers; use bf16 or fp32"),
-        "trainer.compile": (cfg.trainer.compile, "set trainer.compile=false for task=adversarial"),
-    }  # fmt: skip
-    for key, (bad, fix) in refused.items():
-        if bad:
-            value = OmegaConf.select(cfg, key)
-            raise ConfigError(f"{key}={value}: not supported with task=adversarial; {fix}")
-
-
 def _check_known_keys(node: DictConfig, schema: type, prefix: str) -> None:
     """Keys the schema types: one added with `+key=value` is refused like a misspelt one. (A
     group option's own keys are passed to its constructor, which refuses unknown ones.)"""
@@ -324,7 +270,7 @@ def _check_known_keys(node: DictConfig, schema: type, prefix: str) -> None:
 
 def _check_devices(cfg: DictConfig) -> None:
     t = cfg.trainer
-    _at_least(cfg, "trainer.devices", 1)
+    at_least(cfg, "trainer.devices", 1)
     if t.devices == 1:
         return
     if t.batch_size % t.devices:
@@ -343,52 +289,6 @@ def _check_devices(cfg: DictConfig) -> None:
             f"trainer.devices={t.devices}: LBFGS's line search decides on each process's own "
             "loss, so the processes would disagree; use optimizer=lbfgs with trainer.devices=1"
         )
-
-
-def _check_corruption(cfg: DictConfig) -> None:
-    node = cfg.dataset.get("corruption")
-    if node is None:
-        return
-    if cfg.task != "reconstruction":
-        raise ConfigError(
-            f"dataset.corruption: corrupts the inputs of a denoising autoencoder, but "
-            f"task={cfg.task}; set task=reconstruction (see experiment=digits_dae) or "
-            "dataset.corruption=null"
-        )
-    kind = node.get("kind")
-    if kind not in CORRUPTIONS:
-        raise ConfigError(
-            f"dataset.corruption.kind={kind}: must be one of {', '.join(CORRUPTIONS)} "
-            "(e.g. dataset.corruption={kind:gaussian,std:0.3})"
-        )
-    if kind == "gaussian" and not (node.get("std") or 0) > 0:
-        raise ConfigError(f"dataset.corruption.std={node.get('std')}: must be > 0 for gaussian")
-    if kind == "zero" and not 0 < (node.get("rate") or 0) < 1:
-        raise ConfigError(f"dataset.corruption.rate={node.get('rate')}: must be in (0, 1)")
-
-
-def _check_views(cfg: DictConfig) -> None:
-    views, contrastive = cfg.dataset.get("views"), cfg.task == "contrastive"
-    if views is not None and not contrastive:
-        raise ConfigError(
-            f"dataset.views: two augmented views per sample are for task=contrastive, but "
-            f"task={cfg.task}; set task=contrastive (see experiment=mnist1d_contrastive)"
-        )
-    if not contrastive:
-        return
-    if views is None:
-        raise ConfigError(
-            "dataset.views: task=contrastive trains on two augmented views of each sample; add "
-            "+dataset.views={shift:4,scale:0.2,noise:0.2} (see experiment=mnist1d_contrastive)"
-        )
-    for key in ("shift", "scale", "noise"):
-        _at_least(cfg, f"dataset.views.{key}", 0)
-    if cfg.dataset.task != "classification":
-        raise ConfigError(
-            f"dataset.task={cfg.dataset.task}: task=contrastive is evaluated by the k-NN "
-            "accuracy of its embeddings, which needs class labels; use a classification dataset"
-        )
-    _at_least(cfg, "trainer.knn_k", 1)
 
 
 def _check_optimizer(cfg: DictConfig, key: str = "optimizer") -> None:
@@ -426,7 +326,7 @@ def _check_scheduler(cfg: DictConfig) -> None:
         )
 
 
-def _at_least(cfg: DictConfig, key: str, low: float, optional: bool = False) -> None:
+def at_least(cfg: DictConfig, key: str, low: float, optional: bool = False) -> None:
     value = OmegaConf.select(cfg, key)
     if value is None and optional:
         return
@@ -435,16 +335,17 @@ def _at_least(cfg: DictConfig, key: str, low: float, optional: bool = False) -> 
         raise ConfigError(f"{key}={value}: must be >= {low}{hint}")
 
 
-def _positive(cfg: DictConfig, key: str, optional: bool = False) -> None:
+def positive(cfg: DictConfig, key: str, optional: bool = False) -> None:
     value = OmegaConf.select(cfg, key)
     if value is None and optional:
         return
-    if value is None or not math.isfinite(value) or value <= 0:
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not number or not math.isfinite(value) or value <= 0:
         hint = " (or null)" if optional else ""
         raise ConfigError(f"{key}={value}: must be a number > 0{hint}")
 
 
-def _one_of(cfg: DictConfig, key: str, choices: type[Choice] | tuple[str, ...]) -> None:
+def one_of(cfg: DictConfig, key: str, choices: type[Choice] | tuple[str, ...]) -> None:
     value = OmegaConf.select(cfg, key)
     names = [str(c) for c in choices]
     if value not in names:
@@ -461,12 +362,6 @@ def _check_batch_count(cfg: DictConfig, key: str) -> None:
             f"{key}={value}: must be a number of batches (an integer >= 1), a fraction of them "
             "(a float in (0, 1], e.g. 0.25), or null for all"
         )
-
-
-def batches_per_step(trainer: TrainerConfig) -> int:
-    """Batches each call of the step trains on: accumulated ones (supervised), or the
-    discriminator's before each generator step (adversarial); check() keeps the other at 1."""
-    return trainer.accumulate_grad_batches * trainer.d_steps_per_g_step
 
 
 def trainer_of(cfg: DictConfig) -> TrainerConfig:

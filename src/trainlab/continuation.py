@@ -234,12 +234,18 @@ def check_environment(
     return notes
 
 
-def apply_optimizer_changes(
-    optimizer: Any, scheduler: Any, found: dict[str, tuple[Any, Any]], node: str = "optimizer"
+def apply_optimizer_changes(parts: Any, found: dict[str, tuple[Any, Any]]) -> None:
+    """Loading an optimizer's state brings back its saved options (lr, weight_decay, ...); an
+    allowed change of one must win over that, in every group, and rescale its schedule. Every
+    optimizer by its config key: `optimizer`, and a GAN's `optimizer_g` (with `scheduler_g`)."""
+    for node, optimizer in parts.optimizers().items():
+        scheduler = parts.scheduler if node == "optimizer" else parts.extra.get("scheduler_g")
+        _apply_changes(optimizer, scheduler, found, node)
+
+
+def _apply_changes(
+    optimizer: Any, scheduler: Any, found: dict[str, tuple[Any, Any]], node: str
 ) -> None:
-    """Loading the optimizer's state brings back its saved options (lr, weight_decay, ...);
-    an allowed change of one must win over that, in every group, and rescale the schedule.
-    `node`: the optimizer's config key (optimizer, or a GAN's optimizer_g)."""
     for key, (old, new) in found.items():
         option = key.removeprefix(f"{node}.")
         if not key.startswith(f"{node}.") or "." in option or option not in optimizer.defaults:

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from trainlab import tasks
-from trainlab.data import sample_seeds
+from trainlab.seeds import sample_seeds
 
 VIEWS_STREAM = 0xC1
 

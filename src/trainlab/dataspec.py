@@ -81,12 +81,12 @@ def from_the_run(stored: DictConfig, cfg: DictConfig) -> None:
 
 
 def check_split(cfg: DictConfig, name: str, x: torch.Tensor, y: Any) -> None:
-    from trainlab import tasks
+    from trainlab import fitting
 
     if len(x) == 0:
         raise DataError(f"dataset={cfg._target_}: the {name} split is empty")
     check_shape(cfg, name, list(x.shape[1:]))
-    tasks.check_targets(cfg, name, y, "dataset")
+    fitting.check_targets(cfg, name, y, "dataset")
 
 
 # ---- standardize: true ----

@@ -24,6 +24,7 @@ from trainlab import (
     config,
     dataspec,
     distributed,
+    fitting,
     lock,
     runconfig,
     rundir,
@@ -220,8 +221,8 @@ def _read_images(dataset: DictConfig, path: Path) -> tuple[list[str], Tensor]:
 
 
 def _predictions_csv(task: str, names: list[str], out: Tensor, labels: list[str] | None) -> str:
-    """The predictions as CSV text, one row per input (tasks.prediction_table)."""
-    header, rows = tasks.prediction_table(task, out, labels)
+    """The predictions as CSV text, one row per input (fitting.prediction_table)."""
+    header, rows = fitting.prediction_table(task, out, labels)
     with io.StringIO(newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["input", *header])

@@ -20,24 +20,9 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 import trainlab
-from trainlab import (
-    adversarial,
-    checkpoint,
-    distributed,
-    metrics,
-    reconstruction,
-    schedules,
-    tasks,
-)
+from trainlab import adversarial, checkpoint, distributed, metrics, reconstruction, schedules, tasks
 from trainlab.checkpoint_files import Saver
-from trainlab.config import (
-    Interval,
-    NanPolicy,
-    ProgressMode,
-    TrainerConfig,
-    batches_per_step,
-    monitor_mode,
-)
+from trainlab.config import Interval, NanPolicy, ProgressMode, TrainerConfig, monitor_mode
 from trainlab.console import format_epoch
 from trainlab.errors import Diverged
 from trainlab.metrics import Events
@@ -100,7 +85,7 @@ def fit(
             # closing(): an epoch left early (max_steps, a signal, an error) releases its loader
             # (DataLoader workers) at once rather than whenever the frame is collected.
             with closing(parts.train.epoch(state.epoch, start=state.batch_in_epoch)) as batches:
-                for group in _groups(batches, batches_per_step(trainer)):
+                for group in _groups(batches, trainer.batches_per_step()):
                     stepped = _optimizer_step(trainer, parts, state, group, sums, cadence)
                     clock.tick(state)
                     if not stepped:
@@ -141,7 +126,7 @@ class Cadence:
 
     @property
     def steps_per_epoch(self) -> int:
-        return -(-self.batches_per_epoch // batches_per_step(self.trainer))
+        return -(-self.batches_per_epoch // self.trainer.batches_per_step())
 
     @property
     def max_epochs(self) -> int | None:
@@ -149,7 +134,7 @@ class Cadence:
 
     def steps_taken(self, state: LoopState) -> int:
         """Optimizer steps of the current epoch already taken."""
-        return -(-state.batch_in_epoch // batches_per_step(self.trainer))
+        return -(-state.batch_in_epoch // self.trainer.batches_per_step())
 
     def fractional_epoch(self, state: LoopState) -> float:
         """Where the last step ends, in epochs (a per-batch scheduler's clock)."""

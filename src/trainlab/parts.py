@@ -21,7 +21,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from trainlab import distributed, steps
 from trainlab.build import build_loss, build_model, build_optimizer, build_scheduler
-from trainlab.config import Interval, TrainerConfig, batches_per_step, monitor_mode
+from trainlab.config import Interval, TrainerConfig, monitor_mode
 from trainlab.contrastive import TwoViews
 from trainlab.data import Data, LoaderBatches, Shard, Split, TensorBatches, make_batches
 from trainlab.errors import ConfigError
@@ -83,7 +83,7 @@ class Parts:
 
     def run_length(self, trainer: TrainerConfig, interval: Interval) -> int:
         """How many times a scheduler with this interval steps in the whole run."""
-        per_epoch = math.ceil(len(self.train) / batches_per_step(trainer))
+        per_epoch = math.ceil(len(self.train) / trainer.batches_per_step())
         steps_ = trainer.max_steps or trainer.max_epochs * per_epoch
         return steps_ if interval == Interval.step else math.ceil(steps_ / per_epoch)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig
 
-from trainlab import tasks
+from trainlab import fitting
 from trainlab.errors import ConfigError, first_line
 from trainlab.parts import Parts
 
@@ -38,17 +38,17 @@ def preflight(cfg: DictConfig, parts: Parts) -> None:
         elif cfg.task == "contrastive":
             output = _embeds(cfg, model, x)
         else:
-            tasks.check_output(cfg.dataset, output, y, "dataset")
+            fitting.check_output(cfg.dataset, output, y, "dataset")
         try:
             loss = parts.loss_fn(output, y)
         except Exception as e:
             raise ConfigError(
                 f"loss={cfg.loss._target_}: cannot compare the model's outputs "
-                f"{tasks.shapes(output)} with the targets {tasks.shapes(y)}: " + first_line(e)
+                f"{fitting.shapes(output)} with the targets {fitting.shapes(y)}: " + first_line(e)
             ) from e
     if loss.dim() != 0:
         raise ConfigError(
-            f"loss={cfg.loss._target_}: must return one number, not {tasks.shapes(loss)}"
+            f"loss={cfg.loss._target_}: must return one number, not {fitting.shapes(loss)}"
         )
     takes_log_probs = {torch.nn.NLLLoss: "nll", torch.nn.KLDivLoss: "kl_div"}
     name = takes_log_probs.get(type(parts.loss_fn))
@@ -99,7 +99,7 @@ def _reconstructs(cfg: DictConfig, output: object, x: torch.Tensor) -> None:
     pred = output.get("pred") if isinstance(output, dict) else output
     if not isinstance(pred, torch.Tensor) or pred.shape != x.shape:
         raise ConfigError(
-            f"model={cfg.model._target_}: gives outputs of shape {tasks.shapes(output)}, but "
+            f"model={cfg.model._target_}: gives outputs of shape {fitting.shapes(output)}, but "
             f"task=reconstruction rebuilds its input, shape {list(x.shape)}; use "
             "model=autoencoder, conv_autoencoder or mae"
         )
@@ -110,14 +110,14 @@ def _embeds(cfg: DictConfig, model: torch.nn.Module, x: torch.Tensor) -> torch.T
     contrastive loss is handed."""
     if not (isinstance(features := model(x), torch.Tensor) and features.dim() == 2):
         raise ConfigError(
-            f"model={cfg.model._target_}: gives {tasks.shapes(features)} for samples; "
+            f"model={cfg.model._target_}: gives {fitting.shapes(features)} for samples; "
             "task=contrastive needs one feature vector per sample; use model=embedder"
         )
     views = _run(model, torch.stack([x, x], 1), f"model={cfg.model._target_}",
                  f"two views of shape {[len(x), 2, *x.shape[1:]]}")  # fmt: skip
     if views.dim() != 3 or views.shape[:2] != (len(x), 2):
         raise ConfigError(
-            f"model={cfg.model._target_}: gives {tasks.shapes(views)} for two views of each "
+            f"model={cfg.model._target_}: gives {fitting.shapes(views)} for two views of each "
             f"sample, not ({len(x)}, 2, D); use model=embedder"
         )
     return views

@@ -17,8 +17,8 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from trainlab.data import sample_seeds
 from trainlab.metrics import Events
+from trainlab.seeds import sample_seeds
 
 CORRUPTION_STREAM = 0xC0
 SPLITS = {"train": 0, "val": 1, "test": 2}

@@ -4,7 +4,9 @@ resume, eval and predict; and key=value overrides applied to it. No torch import
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -25,10 +27,22 @@ def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
         if not sep or not key:
             raise ConfigError(f"{item}: an override is key=value, e.g. trainer.max_epochs=20")
         try:
-            OmegaConf.update(out, key, yaml.safe_load(value) if value else None, merge=True)
+            OmegaConf.update(out, key, parse_value(value), merge=True)
         except Exception as e:
             raise ConfigError(f"{item}: {str(e).splitlines()[0]}") from None
     return out
+
+
+# What Hydra's override grammar reads as a float and YAML 1.1 as a string: 5e-4, 1E3, 2.e-5.
+FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def parse_value(text: str) -> Any:
+    """An override's value as YAML reads it, but `5e-4` a float, as `trainlab train` (Hydra)
+    reads it too: a resume's `optimizer.lr=5e-4` is the number it is at the first launch."""
+    if not text:
+        return None
+    return float(text) if FLOAT.fullmatch(text.strip()) else yaml.safe_load(text)
 
 
 # A dataset node's keys that name files or folders (the loaders in datasets.py and synthetic.py).

@@ -1,16 +1,18 @@
-"""The training steps, one per shape of training, and the contract they share.
+"""The training steps, and the contract they share (docs/architecture.md, "The step
+contract").
 
 A step is `step(parts, batches, trainer) -> (results, bad_loss)`: it gets the run's Parts (the
 model, loss, optimizer, precision and `parts.extra`, the state it declared), the batches of
-one optimizer step (trainer.accumulate_grad_batches of them, or d_steps_per_g_step for the
-adversarial step) and the trainer config; it trains on them and returns, for each batch in
-order, its detached loss and output (what the task's metrics are computed from), and None, or
-the non-finite loss value when it took no step. Pure: it neither logs nor writes nor touches
-the loop's counters; fit does. A Step bundles the function with what it declares: its extra
-state (built once from the run's config, saved in every checkpoint under its names and
-restored on resume, like the model) and its evaluation (None: the supervised `evaluate`).
-`trainer.step=<dotpath>` names a Step or a plain step function of your own; the built-in ones
-(SUPERVISED: train_step; ADVERSARIAL: adversarial_step) are written against the same contract.
+one optimizer step (trainer.batches_per_step(): accumulate_grad_batches of them, or
+d_steps_per_g_step for the adversarial step) and the trainer config; it trains on them and
+returns, for each batch in order, its detached loss and output (what the task's metrics are
+computed from), and None, or the non-finite loss value when it took no step. Pure: it
+neither logs nor writes nor touches the loop's counters; fit does. A Step bundles the
+function with what it declares: its extra state (built once from the run's config, saved in
+every checkpoint under its names and restored on resume, like the model) and its evaluation
+(None: the supervised `evaluate`). `trainer.step=<dotpath>` names a Step or a plain step
+function of your own; the built-in ones (SUPERVISED: train_step; ADVERSARIAL:
+adversarial_step) are written against the same contract.
 """
 
 from __future__ import annotations

@@ -302,9 +302,7 @@ def _set_up(cfg: DictConfig, run_dir: Path, resume: Resume | None) -> SetUp:
         s.state, s.rng = checkpoint.restore(saved, parts, world)
         s.notes = continuation.check_environment(saved["environment"], s.environment, resume.allow)
         continuation.check_length(trainer, s.state.epoch, s.state.step)
-        for key, optimizer in parts.optimizers().items():
-            scheduler = parts.scheduler if key == "optimizer" else parts.extra.get("scheduler_g")
-            continuation.apply_optimizer_changes(optimizer, scheduler, resume.changes, key)
+        continuation.apply_optimizer_changes(parts, resume.changes)
     return s
 
 
