@@ -152,3 +152,35 @@ def test_reconstruction_model_mistakes_fail_before_training(make_cfg, tmp_path, 
         train.run(make_cfg("experiment=digits_dae", *overrides), run_dir, launch=None)
     assert message in str(info.value)
     assert not run_dir.exists()
+
+
+def test_mae_masks_are_drawn_per_sample_in_training_whatever_the_batch():
+    from trainlab.reconstruction import SampleSeeds
+
+    model = mae((1, 8, 8)).train()
+    seeded = SampleSeeds(seed=5)
+    x = torch.rand(6, 1, 8, 8)
+    alone = model(seeded(x[[1, 4]], torch.tensor([1, 4]), epoch=3))["mask"]
+    mixed = model(seeded(x[[4, 0, 1]], torch.tensor([4, 0, 1]), epoch=3))["mask"]
+    assert torch.equal(alone[0], mixed[2]) and torch.equal(alone[1], mixed[0])
+    other_epoch = model(seeded(x[[1]], torch.tensor([1]), epoch=4))["mask"]
+    assert not torch.equal(other_epoch[0], alone[0])  # a fresh mask each epoch
+    assert not torch.equal(alone[0], alone[1])  # and each sample its own
+
+
+def test_an_mae_run_trains_on_per_sample_seeded_batches(make_cfg, monkeypatch, tmp_path):
+    seen = []
+    from trainlab import steps
+
+    real = steps.train_step
+
+    def spy(model, batches, *args, **kwargs):
+        seen.extend(batches)
+        return real(model, batches, *args, **kwargs)
+
+    monkeypatch.setattr(steps, "train_step", spy)
+    cfg = make_cfg("experiment=digits_mae", "trainer.max_steps=1")
+    train.run(cfg, rundir.claim(tmp_path / "run"), launch=None)
+    x, y = seen[0]
+    assert set(x) == {"x", "seeds"} and len(x["seeds"]) == len(y) == 64
+    assert torch.equal(x["x"], y)  # no corruption asked for: the masks do the hiding

@@ -32,6 +32,9 @@ PATHS = {
     # epoch of the digits
     "denoising": ["experiment=digits_dae", "trainer.batch_size=128",
                   "dataset.corruption={kind:zero,rate:0.3}"],
+    # a masked autoencoder: masks drawn per sample and epoch
+    "masked": ["experiment=digits_mae", "trainer.batch_size=128", "model.dim=16",
+               "model.heads=2", "model.decoder_dim=8"],
     # task=contrastive: two views per sample and epoch, InfoNCE, k-NN validation
     "contrastive": ["experiment=mnist1d_contrastive", "trainer.batch_size=200"],
 }  # fmt: skip

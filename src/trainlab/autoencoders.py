@@ -71,10 +71,18 @@ class ConvAutoencoder(nn.Module):
 class MaskedAutoencoder(nn.Module):
     """A small MAE for 1-D signals (L) or images (C, H, W): patches of patch_size points (or
     patch_size x patch_size pixels) are embedded with learnt positions; in training a fresh
-    random `mask_ratio` of them per sample is hidden (drawn from torch's random stream, like
-    dropout; evaluation hides a fixed draw), the transformer encoder sees the visible ones,
-    and a lighter decoder, given a shared mask token at each hidden position, predicts every
-    patch. Returns {"pred": the reconstruction, shaped like x; "mask": 1 where hidden}."""
+    random `mask_ratio` of them per sample is hidden, the transformer encoder sees the visible
+    ones, and a lighter decoder, given a shared mask token at each hidden position, predicts
+    every patch. Returns {"pred": the reconstruction, shaped like x; "mask": 1 where hidden}.
+
+    The masks are drawn per sample: the training batches come as {"x": x, "seeds": one seed
+    per sample} (takes_sample_seeds: parts.py asks the data for them; the seeds come from
+    (run seed, epoch, sample index), reconstruction.SampleSeeds), so a sample's mask depends
+    on nothing else and a resumed epoch hides what the straight run hid. Evaluation (and a
+    plain tensor in eval mode) hides a fixed draw; a plain tensor in training draws from
+    torch's random stream, as dropout does."""
+
+    takes_sample_seeds = True
 
     def __init__(
         self, input_shape: Sequence[int], patch_size: int, mask_ratio: float, dim: int,
@@ -99,10 +107,13 @@ class MaskedAutoencoder(nn.Module):
         self.head = nn.Linear(decoder_dim, patch_numel)
         self.out = _output(output_activation)
 
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
+    def forward(self, x: Tensor | dict[str, Tensor]) -> dict[str, Tensor]:
+        seeds = None
+        if isinstance(x, dict):
+            x, seeds = x["x"], x["seeds"]
         patches = self.patchify(x)  # (N, P, patch_numel)
         n, p, _ = patches.shape
-        order = self._order(n, x.device)  # per sample: kept patches first
+        order = self._order(n, x.device, seeds)  # per sample: kept patches first
         kept = order[:, : self.keep]
         tokens = self.embed(patches) + self.pos
         visible = torch.gather(tokens, 1, kept[..., None].expand(-1, -1, tokens.shape[-1]))
@@ -115,9 +126,13 @@ class MaskedAutoencoder(nn.Module):
         mask = hidden[..., None].expand_as(patches)
         return {"pred": self.unpatchify(pred), "mask": self.unpatchify(mask)}
 
-    def _order(self, n: int, device: torch.device) -> Tensor:
+    def _order(self, n: int, device: torch.device, seeds: Tensor | None) -> Tensor:
         """A random permutation of the patches per sample (MAE's argsort of uniform noise)."""
-        if self.training:
+        if self.training and seeds is not None:
+            g = torch.Generator()
+            rows = [torch.rand(self.num_patches, generator=g.manual_seed(int(s))) for s in seeds]
+            noise = torch.stack(rows).to(device)
+        elif self.training:
             noise = torch.rand(n, self.num_patches, device=device)
         else:
             fixed = torch.Generator().manual_seed(EVAL_MASK_SEED)

@@ -25,7 +25,7 @@ from trainlab.config import Interval, TrainerConfig, monitor_mode
 from trainlab.contrastive import TwoViews
 from trainlab.data import Data, LoaderBatches, Shard, Split, TensorBatches, make_batches
 from trainlab.errors import ConfigError
-from trainlab.reconstruction import Corruption
+from trainlab.reconstruction import Corruption, SampleSeeds
 from trainlab.tasks import Task, task_of
 
 Batches = TensorBatches | LoaderBatches
@@ -199,11 +199,14 @@ def build_parts(
     loss_fn = build_loss(cfg.loss).to(device)
     # task=adversarial: `optimizer` trains the discriminator (the generator's is the step's).
     trained = model.discriminator if cfg.task == "adversarial" else model
+    per_sample = getattr(model, "takes_sample_seeds", False)
     optimizer = build_optimizer(cfg.optimizer, trained)  # after .to(device): it holds the params
     if trainer.compile:
         model = torch.compile(model)  # same parameters; checkpoints save the unwrapped module
     overfit = trainer.overfit_batches is not None
     train = batches(data.train, "train", trainer, cfg.seed, data, world)
+    if per_sample:  # a model that draws per training sample (a masked autoencoder's masks)
+        train.transform = SampleSeeds(cfg.seed, train.transform)
     # overfit_batches: validate on the very batches it trains on, to watch them be learnt.
     val = batches(data.train if overfit else data.val, "val", trainer, cfg.seed, data, world)
     interval = Interval(cfg.scheduler.interval)

@@ -21,6 +21,7 @@ from trainlab.metrics import Events
 from trainlab.seeds import sample_seeds
 
 CORRUPTION_STREAM = 0xC0
+MASK_STREAM = 0xC2
 SPLITS = {"train": 0, "val": 1, "test": 2}
 SHOWN = 8  # validation samples shown each epoch
 
@@ -59,6 +60,20 @@ class Corruption:
         if self.kind == "gaussian":
             return x + self.std * draw
         return x * (draw >= self.rate)
+
+
+@dataclass(frozen=True)
+class SampleSeeds:
+    """For a model that draws per sample (takes_sample_seeds: a masked autoencoder's masks):
+    the batch as {"x": x (after `then`, the corruption, if any), "seeds": one seed per sample
+    from (run seed, epoch, sample index)}."""
+
+    seed: int
+    then: Any = None
+
+    def __call__(self, x: Tensor, idx: Tensor, epoch: int) -> dict[str, Tensor]:
+        seeds = torch.tensor(sample_seeds(self.seed, (MASK_STREAM, epoch), idx))
+        return {"x": x if self.then is None else self.then(x, idx, epoch), "seeds": seeds}
 
 
 @torch.no_grad()
