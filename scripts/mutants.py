@@ -285,7 +285,8 @@ MUTANTS = [
            ("tests/test_adversarial.py", "-k", "hinge_losses")),
     Mutant("corruption is seeded by the position in the batch", T + "reconstruction.py",
            "sample_seeds(self.seed, (CORRUPTION_STREAM, self.split, epoch), idx)",
-           "sample_seeds(self.seed, (CORRUPTION_STREAM, self.split, epoch), idx * 0)",
+           "sample_seeds(self.seed, (CORRUPTION_STREAM, self.split, epoch), "
+           "torch.arange(len(idx)))",
            ("tests/test_reconstruction.py", "-k", "per_sample")),
     Mutant("the masked loss counts the visible patches too", T + "losses.py",
            "        return (err * mask).sum() / mask.sum().clamp(min=1)",

@@ -27,6 +27,7 @@ def test_corruption_is_drawn_per_sample_whatever_the_batch(kind):
     mixed = corrupt(x[[5, 9, 3]], torch.tensor([5, 9, 3]), epoch=2)
     assert torch.equal(alone[0], mixed[2]) and torch.equal(alone[1], mixed[0])
     assert not torch.equal(alone, x[[3, 5]])  # it did corrupt
+    assert not torch.equal(alone[0] - x[3], alone[1] - x[5])  # each sample its own draw
     # another epoch, another draw; validation (split 1) keeps epoch 0's draw every time
     assert not torch.equal(corrupt(x[[3]], torch.tensor([3]), epoch=3), alone[:1])
     val = corrupt.for_split("val")
