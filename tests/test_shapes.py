@@ -55,3 +55,14 @@ def test_each_experiment_trains_through_the_cli(experiment, tmp_path, data_dir):
     assert json.loads((run / "status.json").read_text())["status"] == "completed"
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["test"] and metrics["epochs"] == 2
+
+
+def test_predict_refuses_a_run_of_another_shape_in_one_line(make_cfg, tmp_path, capsys):
+    run_dir = rundir.claim(tmp_path / "run")
+    train.run(make_cfg(*SHORT["reconstruction"], "trainer.max_steps=2"), run_dir, launch=None)
+    table = tmp_path / "in.csv"
+    table.write_text("a,b\n1,2\n")
+    assert evaluation.predict(run_dir, table, None, "best") == 2
+    assert "task=reconstruction: predict writes a supervised model's predictions" in (
+        capsys.readouterr().err
+    )

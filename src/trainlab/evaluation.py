@@ -141,6 +141,12 @@ def predict(run_dir: Path, input_path: Path, output: Path | None, which: str) ->
     image files (dataset=image_folder), as a CSV."""
     try:
         run = rebuild(run_dir, which)
+        if run.cfg.task != "supervised":
+            raise ConfigError(
+                f"task={run.cfg.task}: predict writes a supervised model's predictions (classes, "
+                "values); use `trainlab eval` for this run's metrics, or load its weights with "
+                "trainlab.export.load_model (after `trainlab export`)"
+            )
         target = run.cfg.dataset._target_
         # What the data was when the run was trained, stored then: the training files may
         # have changed since (one appended row would shift every class name).
