@@ -210,15 +210,15 @@ def test_without_the_noise_state_an_adversarial_resume_would_differ(
 ):
     """Negative control for test_resume.py's adversarial path: the same mid-epoch resume with
     the noise stream's state not restored differs from the straight run."""
-    from test_resume import COMMON, PATHS, assert_same_run, interrupt_at, straight_run
+    from test_resume import COMMON, PATHS, assert_same_run, crash_then_resume, straight_run
 
     straight = straight_run("adversarial", make_cfg, tmp_path_factory)
     cfg = make_cfg(*PATHS["adversarial"], *COMMON)
     run_dir = rundir.claim(tmp_path / "run")
-    interrupt_at(monkeypatch, straight["steps_per_epoch"] + 6, "crash")
-    with pytest.raises(SystemExit):
-        train.run(cfg, run_dir, launch=None)
-    monkeypatch.setattr(adversarial.NoiseStream, "load_state_dict", lambda self, state: None)
-    assert train.resume(run_dir, [], [], argv=["trainlab", "resume"]) == 0
+    no_noise_state = lambda self, state: None  # noqa: E731
+    crash_then_resume(
+        cfg, run_dir, monkeypatch, straight["steps_per_epoch"] + 6,
+        then=lambda m: m.setattr(adversarial.NoiseStream, "load_state_dict", no_noise_state),
+    )  # fmt: skip
     with pytest.raises(AssertionError):  # (the draws differ, so weights and moments do)
         assert_same_run(straight["dir"], run_dir)

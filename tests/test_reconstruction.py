@@ -91,19 +91,24 @@ def test_a_denoising_run_reports_mse_and_its_psnr_and_shows_reconstructions(make
     ]
 
 
-def test_the_targets_are_the_clean_inputs_and_the_model_sees_them_corrupted(
-    make_cfg, monkeypatch, tmp_path
-):
-    seen = []
+@pytest.fixture
+def seen(monkeypatch):
+    """Every (x, y) batch the supervised step is handed, in order."""
     from trainlab import steps
 
-    real = steps.train_step
+    batches_seen, real = [], steps.train_step
 
     def spy(model, batches, *args, **kwargs):
-        seen.extend(batches)
+        batches_seen.extend(batches)
         return real(model, batches, *args, **kwargs)
 
     monkeypatch.setattr(steps, "train_step", spy)
+    return batches_seen
+
+
+def test_the_targets_are_the_clean_inputs_and_the_model_sees_them_corrupted(
+    make_cfg, seen, tmp_path
+):
     cfg = make_cfg("experiment=digits_dae", "trainer.max_steps=2")
     train.run(cfg, rundir.claim(tmp_path / "run"), launch=None)
     x, y = seen[0]
@@ -169,17 +174,7 @@ def test_mae_masks_are_drawn_per_sample_in_training_whatever_the_batch():
     assert not torch.equal(alone[0], alone[1])  # and each sample its own
 
 
-def test_an_mae_run_trains_on_per_sample_seeded_batches(make_cfg, monkeypatch, tmp_path):
-    seen = []
-    from trainlab import steps
-
-    real = steps.train_step
-
-    def spy(model, batches, *args, **kwargs):
-        seen.extend(batches)
-        return real(model, batches, *args, **kwargs)
-
-    monkeypatch.setattr(steps, "train_step", spy)
+def test_an_mae_run_trains_on_per_sample_seeded_batches(make_cfg, seen, tmp_path):
     cfg = make_cfg("experiment=digits_mae", "trainer.max_steps=1")
     train.run(cfg, rundir.claim(tmp_path / "run"), launch=None)
     x, y = seen[0]

@@ -150,6 +150,19 @@ def interrupt_at(monkeypatch, call: int, how: str):
     monkeypatch.setattr(loop, "_optimizer_step", step)
 
 
+def crash_then_resume(cfg, run_dir, monkeypatch, call: int, then=None) -> None:
+    """Train cfg in run_dir until its call-th step crashes (a hard stop: nothing saved then),
+    take the crash's patch (and every other) back, apply `then(monkeypatch)` (a negative
+    control's sabotage, or what the test needs again), and resume to the end."""
+    interrupt_at(monkeypatch, call, "crash")
+    with pytest.raises(SystemExit):
+        train.run(cfg, run_dir, launch=None)
+    monkeypatch.undo()
+    if then is not None:
+        then(monkeypatch)
+    assert train.resume(run_dir, [], [], argv=["trainlab", "resume"]) == 0
+
+
 # (how, which step call to interrupt, as a function of the steps per epoch S).
 # every_n_steps=4: checkpoints at 4, 8, ...; epochs end at S, 2S.
 POSITIONS = {
@@ -193,11 +206,10 @@ def test_without_the_rng_restore_the_matrix_would_fail(
     straight = straight_run("memory", make_cfg, tmp_path_factory)
     cfg = make_cfg(*PATHS["memory"], *COMMON)
     run_dir = rundir.claim(tmp_path / "run")
-    interrupt_at(monkeypatch, straight["steps_per_epoch"] + 6, "crash")
-    with pytest.raises(SystemExit):
-        train.run(cfg, run_dir, launch=None)
-    monkeypatch.setattr(checkpoint, "restore_rng", lambda state: None)
-    assert train.resume(run_dir, [], [], argv=["trainlab", "resume"]) == 0
+    crash_then_resume(
+        cfg, run_dir, monkeypatch, straight["steps_per_epoch"] + 6,
+        then=lambda m: m.setattr(checkpoint, "restore_rng", lambda state: None),
+    )  # fmt: skip
     with pytest.raises(AssertionError):
         assert_same_run(straight["dir"], run_dir)
 

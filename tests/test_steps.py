@@ -11,7 +11,7 @@ import torch
 
 import user_steps
 from conftest import run_cli
-from test_resume import assert_same_run, interrupt_at
+from test_resume import assert_same_run, crash_then_resume
 from trainlab import checkpoint_files, config, rundir, train
 from trainlab.errors import ConfigError
 
@@ -39,21 +39,18 @@ def test_a_user_step_trains_checkpoints_its_state_and_resumes_bitwise(
 
     # Interrupted two steps past a mid-epoch checkpoint (18 steps an epoch), resumed.
     run_dir = rundir.claim(tmp_path / "run")
-    interrupt_at(monkeypatch, 18 + 6, "crash")
-    with pytest.raises(SystemExit):
-        train.run(cfg, run_dir, launch=None)
-    monkeypatch.undo()
-    monkeypatch.setenv("TRAINLAB_TARGETS", "user_steps")
-    assert train.resume(run_dir, [], [], argv=["trainlab", "resume"]) == 0
+    trust = lambda m: m.setenv("TRAINLAB_TARGETS", "user_steps")  # noqa: E731
+    crash_then_resume(cfg, run_dir, monkeypatch, 18 + 6, then=trust)
     assert_same_run(straight, run_dir)  # every checkpoint key, "ema" included
 
     # Negative control: a resume that does not bring the average back differs.
     again = rundir.claim(tmp_path / "again")
-    interrupt_at(monkeypatch, 18 + 6, "crash")
-    with pytest.raises(SystemExit):
-        train.run(cfg, again, launch=None)
-    monkeypatch.setattr(user_steps.WeightAverage, "load_state_dict", lambda self, state: None)
-    assert train.resume(again, [], [], argv=["trainlab", "resume"]) == 0
+
+    def forget_the_average(m):
+        trust(m)
+        m.setattr(user_steps.WeightAverage, "load_state_dict", lambda self, state: None)
+
+    crash_then_resume(cfg, again, monkeypatch, 18 + 6, then=forget_the_average)
     with pytest.raises(AssertionError, match="ema"):
         assert_same_run(straight, again)
 
