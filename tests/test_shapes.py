@@ -66,3 +66,42 @@ def test_predict_refuses_a_run_of_another_shape_in_one_line(make_cfg, tmp_path, 
     assert "task=reconstruction: predict writes a supervised model's predictions" in (
         capsys.readouterr().err
     )
+
+
+def test_the_preflight_leaves_a_contrastive_models_batch_norm_statistics_alone(make_cfg):
+    """Both of its forward passes (samples, and two views of them) run in eval mode."""
+    import torch
+    from torch import nn
+
+    from trainlab import distributed as dist
+    from trainlab import parts as parts_module
+    from trainlab.config import trainer_of
+    from trainlab.data import build_data
+    from trainlab.embedders import Embedder
+    from trainlab.preflight import preflight
+
+    cfg = make_cfg("experiment=mnist1d_contrastive")
+    data = build_data(cfg.dataset, torch.device("cpu"), task="contrastive")
+    built = parts_module.build_parts(cfg, trainer_of(cfg), data, torch.device("cpu"), dist.World())
+    encoder = nn.Sequential(nn.Flatten(), nn.Linear(40, 64), nn.BatchNorm1d(64))
+    built.model = Embedder(encoder, [40], 64, 32, 16)
+    before = {k: v.clone() for k, v in built.model.state_dict().items()}
+    preflight(cfg, built)
+    after = built.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert built.model.training
+
+
+def test_a_run_folder_config_cannot_name_a_hostile_step(make_cfg, tmp_path, capsys):
+    """config.yaml is read back by resume: a trainer.step edited into it to run code is
+    refused like a `_target_`, in one line, before anything is built."""
+    run_dir = rundir.claim(tmp_path / "run")
+    train.run(make_cfg("model=mlp", "trainer.max_steps=2"), run_dir, launch=None)
+    config_file = run_dir / "config.yaml"
+    text = config_file.read_text()
+    assert "  step: null\n" in text
+    config_file.write_text(text.replace("  step: null\n", "  step: os.system\n"))
+    assert train.resume(run_dir, ["trainer.max_steps=4"], [], argv=["trainlab", "resume"]) == 2
+    assert "trainer.step=os.system: not an allowed target" in capsys.readouterr().err
+    saved = checkpoint_files.load_latest(run_dir / "checkpoints")[1]
+    assert saved["step"] == 2  # nothing trained, nothing written

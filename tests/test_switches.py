@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from runs import saved_history
-from trainlab import checkpoint_files, config, loop, results, rundir, steps, train
+from trainlab import checkpoint_files, config, loop, rundir, steps, train
 from trainlab.errors import ConfigError
 
 # mnist1d: 3600 training samples = 36 batches of 100; validation 4 batches, test 10.
@@ -30,8 +30,7 @@ def batches_seen(monkeypatch) -> dict[str, list[list[torch.Tensor]]]:
         seen["train"].append([x.clone() for x, _ in group])
         return real_step(model, group, *args, **kwargs)
 
-    monkeypatch.setattr(loop, "evaluate", evaluate)
-    monkeypatch.setattr(results, "evaluate", evaluate)
+    monkeypatch.setattr(loop, "evaluate", evaluate)  # validation and the test (evaluation_of)
     monkeypatch.setattr(steps, "train_step", train_step)
     return seen
 

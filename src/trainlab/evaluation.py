@@ -36,7 +36,7 @@ from trainlab.console import per_label
 from trainlab.data import build_data
 from trainlab.datasets import float_columns, load_image, read_csv
 from trainlab.errors import ConfigError, DataError, TrainlabError
-from trainlab.loop import evaluate
+from trainlab.loop import evaluation_of
 from trainlab.parts import batches, precision_of
 
 log = logging.getLogger(__name__)
@@ -104,8 +104,8 @@ def eval_run(run_dir: Path, which: str, split: str) -> int:
         task = tasks.task_of(cfg.dataset, data.held_targets(), cfg.task, trainer.knn_k)
         precision = precision_of(trainer.precision, device)
         split_batches = batches(rows, split, trainer, cfg.seed, data, distributed.World())
-        evaluate_fn = steps.resolve(cfg).evaluate or evaluate
-        results = evaluate_fn(run.model, split_batches, loss_fn, task, split, precision)
+        evaluate = evaluation_of(steps.resolve(cfg))
+        results = evaluate(run.model, split_batches, loss_fn, task, split, precision)
         entry = run.entry
         record = {
             "split": split,

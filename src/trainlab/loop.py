@@ -1,16 +1,15 @@
 """The training loop: evaluate and fit (the step functions, supervised and others, are in
-steps.py). fit
-reads as a table of contents: for each epoch, for each optimizer step (one or more batches):
-step, maybe log, maybe save; then the end of the epoch: summarise, validate, keep the best,
-schedule, maybe stop early, save. Each part is a named helper below it; Cadence answers
-"log / save / compare signals / stop now?"."""
+steps.py). fit reads as a table of contents: for each epoch, for each optimizer step (one or
+more batches): step, maybe log, maybe save; then the end of the epoch: summarise, validate,
+keep the best, schedule, maybe stop early, save. Each part is a named helper below it;
+Cadence answers "log / save / compare signals / stop now?"."""
 
 from __future__ import annotations
 
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +28,7 @@ from trainlab.metrics import Events
 from trainlab.parts import Batches, LoopState, Parts, Precision, eval_weights
 from trainlab.progress import Progress
 from trainlab.signals import StopRequest
+from trainlab.steps import Step
 from trainlab.tasks import Target, Task
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,11 @@ def evaluate(
             tasks.count_confusion(confusion, output, y)
     model.train(was_training)
     return tasks.summarize(task, sums, split)
+
+
+def evaluation_of(step: Step) -> Callable[..., dict[str, float]]:
+    """A step's evaluation (validation, the test, `trainlab eval`): its own, or `evaluate`."""
+    return step.evaluate or evaluate
 
 
 def fit(
@@ -275,7 +280,7 @@ def _end_epoch(
     if cadence.validate_now(state):
         with eval_weights(parts):
             model = distributed.inner(parts.model)
-            validate = parts.step.evaluate or evaluate
+            validate = evaluation_of(parts.step)
             record |= validate(model, parts.val, parts.loss_fn, parts.task, "val", parts.precision)
     improved = _track_best(trainer, state, record)
     for scheduler, interval in parts.schedulers():
@@ -291,7 +296,8 @@ def _end_epoch(
     if parts.task.kind == "adversarial":  # the generator's samples from fixed noise
         adversarial.log_samples(events, checkpoint.unwrap(parts.model), state.step)
     if parts.task.kind == "reconstruction":  # inputs, reconstructions, targets
-        reconstruction.log_reconstructions(events, parts.model, parts.val, state.step)
+        reconstruction.log_reconstructions(events, checkpoint.unwrap(parts.model), parts.val,
+                                           state.step)  # fmt: skip
     patience = trainer.early_stopping.patience
     if patience is not None and state.bad_validations >= patience:
         state.stopped_early = True

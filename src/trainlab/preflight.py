@@ -22,22 +22,18 @@ def preflight(cfg: DictConfig, parts: Parts) -> None:
         return
     model = parts.model
     with torch.random.fork_rng(devices=[]), torch.no_grad(), parts.precision.autocast():
-        model.eval()
+        model.eval()  # every forward pass in eval mode: no batch-norm statistics move
         try:
-            output = model(x)
-        except Exception as e:
             shape = list(cfg.dataset.input_shape)
-            raise ConfigError(
-                f"model={cfg.model._target_}: fails on samples of dataset.input_shape={shape}: "
-                + first_line(e)
-            ) from e
+            output = _run(model, x, f"model={cfg.model._target_}",
+                          f"samples of dataset.input_shape={shape}")  # fmt: skip
+            if cfg.task == "contrastive":  # the loss is handed two views' projections
+                output = _embeds(cfg, model, x, output)
         finally:
             model.train()
         if cfg.task == "reconstruction":
             _reconstructs(cfg, output, x)
-        elif cfg.task == "contrastive":
-            output = _embeds(cfg, model, x)
-        else:
+        elif cfg.task != "contrastive":
             fitting.check_output(cfg.dataset, output, y, "dataset")
         try:
             loss = parts.loss_fn(output, y)
@@ -105,10 +101,12 @@ def _reconstructs(cfg: DictConfig, output: object, x: torch.Tensor) -> None:
         )
 
 
-def _embeds(cfg: DictConfig, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _embeds(
+    cfg: DictConfig, model: torch.nn.Module, x: torch.Tensor, features: object
+) -> torch.Tensor:
     """Samples give features (N, F); two views of each give projections (N, 2, D): what the
     contrastive loss is handed."""
-    if not (isinstance(features := model(x), torch.Tensor) and features.dim() == 2):
+    if not (isinstance(features, torch.Tensor) and features.dim() == 2):
         raise ConfigError(
             f"model={cfg.model._target_}: gives {fitting.shapes(features)} for samples; "
             "task=contrastive needs one feature vector per sample; use model=embedder"

@@ -17,7 +17,7 @@ from trainlab import checkpoint, checkpoint_files, distributed, metrics, rundir,
 from trainlab.config import TrainerConfig, monitor_mode
 from trainlab.console import per_label
 from trainlab.data import Data
-from trainlab.loop import evaluate
+from trainlab.loop import evaluation_of
 from trainlab.metrics import Events
 from trainlab.parts import LoopState, Parts, batches, eval_weights
 
@@ -49,7 +49,7 @@ def test(
     if trainer.tensorboard.confusion_matrix:
         counts = tasks.new_confusion(parts.task, data.device)
     with eval_weights(parts):
-        test = (parts.step.evaluate or evaluate)(
+        test = evaluation_of(parts.step)(
             model, test_batches, parts.loss_fn, parts.task, "test", parts.precision, counts
         )
     confusion = None if counts is None else distributed.all_reduce_(counts).cpu().tolist()
