@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Creates .venv in the repo root with trainlab installed editable (plus the dev, sweep and export extras), or
+# Creates .venv in the repo root with trainlab installed editable (plus the dev, sweep, postgres and export extras), or
 # refreshes it when pyproject.toml changed since the last set-up. Quiet when nothing to do.
 set -euo pipefail
 
@@ -25,6 +25,6 @@ else
     echo "setup: pyproject.toml changed; updating $venv" >&2
 fi
 # -qq: pip's own notices about optional local indexes are noise here; errors still print.
-"$venv/bin/python" -m pip install -qq -e "$root[dev,sweep,export]"
+"$venv/bin/python" -m pip install -qq -e "$root[dev,sweep,postgres,export]"
 echo "$want" >"$stamp"
 echo "setup: ready ($("$venv/bin/python" -c 'import torch; print("torch", torch.__version__)'))" >&2

@@ -128,3 +128,50 @@ def test_full_error_shows_the_traceback(tmp_path, data_dir):
     done = run_cli("train", "trainer.max_epoch=3", cwd=tmp_path, env={"HYDRA_FULL_ERROR": "1"})
     assert done.returncode != 0
     assert "Traceback" in done.stderr and "max_epoch" in done.stderr
+
+
+# A typo in a sweep, in each of Hydra's sweep syntaxes: one line naming it, exit 2, nothing
+# made; never a traceback from the explainer.
+SWEEP_TYPOS = [
+    ("comma list", ["optimizer=adamm,sgd"], "optimizer=adamm: no such option; did you mean "
+     "optimizer=adam?"),
+    ("choice", ["optimizer.lrr=choice(0.1,0.01)"],
+     "optimizer.lrr: unknown key; did you mean optimizer.lr=choice(0.1,0.01)?"),
+    ("choice of options", ["model=choice(mlp,cnnn)"], "model=cnnn: no such option; did you "
+     "mean model=cnn?"),
+    ("range", ["trainer.max_epocs=range(1,3)"],
+     "trainer.max_epocs: unknown key; did you mean trainer.max_epochs=range(1,3)?"),
+    ("interval", ["hydra/sweeper=trainlab_optuna", "optimizer.lrr=interval(1e-4,1e-1)"],
+     "optimizer.lrr: unknown key; did you mean optimizer.lr=interval(1e-4,1e-1)?"),
+    ("tag", ["hydra/sweeper=trainlab_optuna", "optimizer.lrr=tag(log,interval(1e-4,1e-1))"],
+     "optimizer.lrr: unknown key; did you mean optimizer.lr=tag(log,interval(1e-4,1e-1))?"),
+    ("glob", ["optimizer=glob(ad*)", "trainer.max_epoch=3"],
+     "trainer.max_epoch: unknown key; did you mean trainer.max_epochs=3?"),
+    ("glob matching nothing", ["optimizer=glob(zz*)"],
+     "optimizer=glob(zz*): matches no option of optimizer; options: adadelta, adagrad"),
+    ("a typo beside an interval", ["hydra/sweeper=trainlab_optuna",
+     "optimizer.lr=interval(1e-4,1e-1)", "trainer.batch_sise=8"],
+     "trainer.batch_sise: unknown key; did you mean trainer.batch_size=8?"),
+    ("wrong type in a choice", ["trainer.batch_size=choice(8,big)"],
+     "trainer.batch_size=choice(8,big): must be an integer, not 'big'"),
+    ("floats for an integer", ["hydra/sweeper=trainlab_optuna",
+     "trainer.max_epochs=interval(1,3)"], "trainer.max_epochs=interval(1,3): must be an "
+     "integer; an interval of them: int(interval(1, 8))"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "args", "message"), SWEEP_TYPOS, ids=[c[0] for c in SWEEP_TYPOS])
+def test_a_typo_in_any_sweep_syntax_is_one_line(
+    tmp_path, data_dir, monkeypatch, capsys, name, args, message
+):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    capsys.readouterr()
+    paths = [f"paths.data_dir={data_dir}", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    returned = cli.main(["train", "-m", *args, *paths])
+    stderr = capsys.readouterr().err
+    assert returned == 2, stderr
+    assert message in stderr, stderr
+    assert "Traceback" not in stderr
+    assert [line for line in stderr.splitlines() if line.strip()] == [stderr.strip()]
+    assert not (tmp_path / "sweep").exists() and not (tmp_path / "outputs").exists()

@@ -143,7 +143,12 @@ def monitor_mode(trainer: DictConfig) -> str:
     """min or max for trainer.monitor; `auto` follows the metric (loss, rmse, mae: min)."""
     if trainer.mode != "auto":
         return trainer.mode
-    metric = trainer.monitor.rpartition("/")[2].rpartition("_")[2]
+    return metric_mode(trainer.monitor)
+
+
+def metric_mode(name: str) -> str:
+    """min or max for a metric by its name: val/loss, val/rmse, test/mae: min; the rest max."""
+    metric = name.rpartition("/")[2].rpartition("_")[2]
     return "min" if metric in catalogue.LOWER_IS_BETTER else "max"
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Glob, IntervalSweep
 from hydra.errors import MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -23,7 +24,14 @@ from trainlab.errors import first_line
 
 def explain(conf_dir: Path, overrides: list[str]) -> str | None:
     """Why `trainlab train OVERRIDES` does not compose, as one line, or None if it does (or
-    fails in a way this does not know)."""
+    fails in a way this does not know: then Hydra's own message is shown). Never raises."""
+    try:
+        return _explain(conf_dir, overrides)
+    except Exception:
+        return None
+
+
+def _explain(conf_dir: Path, overrides: list[str]) -> str | None:
     parser = OverridesParser.create()
     for text in overrides:
         try:
@@ -35,28 +43,45 @@ def explain(conf_dir: Path, overrides: list[str]) -> str | None:
             )
     parsed = parser.parse_overrides(overrides)
     # A sweep (-m) composes each of its values; try them with the first value of the others.
-    variants = [[_first(o) for o in parsed]]
+    # An interval is tried at its ends, a glob with the group options it matches.
+    values = [_values(o, conf_dir) for o in parsed]
+    for o, v in zip(parsed, values, strict=True):
+        if o.is_sweep_override() and not v:
+            group = o.get_key_element()
+            options = ", ".join(sorted(p.stem for p in (conf_dir / group).glob("*.yaml")))
+            return f"{o.input_line}: matches no option of {group}; options: {options or 'none'}"
+    first = first_values(parsed, conf_dir)
+    variants = [first]
     for i, o in enumerate(parsed):
-        if o.is_sweep_override():
-            values = list(o.sweep_string_iterator())
-            variants += [[*variants[0][:i], f"{o.get_key_element()}={v}", *variants[0][i + 1:]]
-                         for v in values[1:]]  # fmt: skip
+        variants += [[*first[:i], f"{o.get_key_element()}={v}", *first[i + 1:]]
+                     for v in values[i][1:]]  # fmt: skip
+    shown = [o.input_line for o in parsed]  # a hint quotes what was typed, sweep and all
     for variant in variants:
-        message = _compose_error(conf_dir, variant)
+        message = _compose_error(conf_dir, variant, shown)
         if message is not None:
             return message
     return None
 
 
-def first_values(parsed: list) -> list[str]:
+def first_values(parsed: list, conf_dir: Path) -> list[str]:
     """The overrides with each sweep replaced by its first value: one job's command line."""
-    return [_first(o) for o in parsed]
+    values = [_values(o, conf_dir) for o in parsed]
+    return [f"{o.get_key_element()}={v[0]}" if v else o.input_line
+            for o, v in zip(parsed, values, strict=True)]  # fmt: skip
 
 
-def _first(override) -> str:
+def _values(override: Any, conf_dir: Path) -> list[str]:
+    """The values one job of a sweep override may get ([] for a plain override)."""
     if not override.is_sweep_override():
-        return override.input_line
-    return f"{override.get_key_element()}={next(iter(override.sweep_string_iterator()))}"
+        return []
+    sweep = override.value()
+    if isinstance(sweep, IntervalSweep):
+        return [str(sweep.start), str(sweep.end)]
+    if isinstance(sweep, Glob):
+        group = conf_dir / override.get_key_element()
+        options = sorted(p.stem for p in group.glob("*.yaml"))
+        return sweep.filter(options)
+    return list(override.sweep_string_iterator())
 
 
 def _compose(conf_dir: Path, overrides: list[str]) -> DictConfig:
@@ -65,7 +90,7 @@ def _compose(conf_dir: Path, overrides: list[str]) -> DictConfig:
         return compose("train", overrides=overrides)
 
 
-def _compose_error(conf_dir: Path, overrides: list[str]) -> str | None:
+def _compose_error(conf_dir: Path, overrides: list[str], shown: list[str]) -> str | None:
     try:
         _compose(conf_dir, overrides)
     except MissingConfigException as e:
@@ -73,7 +98,7 @@ def _compose_error(conf_dir: Path, overrides: list[str]) -> str | None:
     except Exception as e:  # ConfigCompositionException and friends: the cause says what
         cause = e.__cause__
         if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
-            return _bad_key(conf_dir, overrides, cause)
+            return _bad_key(conf_dir, overrides, cause, shown)
         return _yaml_error(e) or first_line(e)
     return None
 
@@ -89,10 +114,15 @@ def _missing_option(error: MissingConfigException, overrides: list[str]) -> str:
     return f"{group}={option}: no such option{hint} Options: {', '.join(options)}"
 
 
-def _bad_key(conf_dir: Path, overrides: list[str], cause: OmegaConfBaseException) -> str:
+def _bad_key(
+    conf_dir: Path, overrides: list[str], cause: OmegaConfBaseException, shown: list[str]
+) -> str:
     key = cause.full_key
-    given = next((o for o in overrides if o.lstrip("+~").split("=", 1)[0] == key), key)
-    value = given.split("=", 1)[1] if "=" in given else ""
+    at = [i for i, o in enumerate(overrides) if o.lstrip("+~").split("=", 1)[0] == key]
+    given = overrides[at[0]] if at else key
+    typed = shown[at[0]] if at and len(shown) == len(overrides) else given
+    value = typed.split("=", 1)[1] if "=" in typed else ""
+    tried = given.split("=", 1)[1] if "=" in given else ""  # one job's value of a sweep
     if "not in" in str(cause) or "not in struct" in str(cause):
         parent, _, name = key.rpartition(".")
         node = _node_at(conf_dir, [o for o in overrides if o != given], parent)
@@ -111,7 +141,9 @@ def _bad_key(conf_dir: Path, overrides: list[str], cause: OmegaConfBaseException
     wanted = re.search(r"could not be converted to (\w+)", str(cause))
     if wanted:
         kind = TYPE_WORDS.get(wanted.group(1), wanted.group(1).lower())
-        return f"{key}={value}: must be {kind}, not {value!r}"
+        if kind == "an integer" and "interval(" in value:
+            return f"{key}={value}: must be an integer; an interval of them: int(interval(1, 8))"
+        return f"{key}={value}: must be {kind}, not {tried!r}"
     return f"{key}={value}: {first_line(cause)}"
 
 

@@ -4,8 +4,6 @@ config the check cannot see), and the whole config checked first (precheck). No 
 
 from __future__ import annotations
 
-import contextlib
-
 from trainlab import config, project
 from trainlab.config import CONF_DIR
 from trainlab.errors import ConfigError
@@ -54,8 +52,10 @@ def precheck(args: list[str]) -> str | None:
     """The whole config, `hydra:` included, checked before Hydra acts on it: Hydra builds the
     callbacks and configures logging (dictConfig calls what a `()` key names) before any
     callback of ours runs. Composed through the compose API (on the same search path, the
-    project's config folders included), with a sweep's first values; what does not compose
-    here is left to Hydra, which reports it."""
+    project's config folders included), with a sweep's first values. A sweep has each of
+    its values composed first (explain.py): a typo in its 7th value is said before the first
+    job trains, and nothing is made. What does not compose here is said in one line where
+    explain.py knows the error, and otherwise left to Hydra, which reports it."""
     flags = {a.split("=", 1)[0] for a in args if a.startswith("-")}
     refused = sorted(flags & OTHER_CONFIGS)
     if refused:
@@ -69,18 +69,17 @@ def precheck(args: list[str]) -> str | None:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
     from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from trainlab.explain import first_values
+    from trainlab.explain import explain, first_values
 
+    if "-m" in args or "--multirun" in args:
+        message = explain(CONF_DIR, overrides(args))
+        if message is not None:
+            return message
     try:
-        first = []
-        for parsed in OverridesParser.create().parse_overrides(overrides(args)):
-            # An interval() (Optuna) has no first value: its key keeps its default here, and
-            # each job checks the value it gets.
-            with contextlib.suppress(HydraException):
-                first += first_values([parsed])
+        # One job's values: a sweep's first, an interval's low end (each job checks its own).
+        first = first_values(OverridesParser.create().parse_overrides(overrides(args)), CONF_DIR)
         GlobalHydra.instance().clear()
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose("train", overrides=first, return_hydra_config=True)

@@ -27,9 +27,10 @@ class FolderInUse(ConfigError):
     """Another process owns the run folder."""
 
 
-def own(run_dir: Path, argv: list[str] | None = None) -> None:
-    """Take the run folder's lock, or raise FolderInUse naming the holder. A no-op when this
-    process holds it already (a callback took it before the task ran)."""
+def own(run_dir: Path, argv: list[str] | None = None, wait: bool = False) -> None:
+    """Take the run folder's lock, or raise FolderInUse naming the holder (with `wait`: wait
+    for the holder to let go). A no-op when this process holds it already (a callback took it
+    before the task ran)."""
     key = run_dir.absolute()
     if key in _held:
         return
@@ -39,7 +40,7 @@ def own(run_dir: Path, argv: list[str] | None = None) -> None:
     except OSError as e:
         raise ConfigError(f"{run_dir}: cannot open {LOCK_FILE} there ({os_reason(e)})") from None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
     except OSError as e:
         holder = _holder(fd)
         os.close(fd)

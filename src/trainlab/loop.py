@@ -29,6 +29,7 @@ from trainlab.parts import Batches, LoopState, Parts, Precision, eval_weights
 from trainlab.progress import Progress
 from trainlab.signals import StopRequest
 from trainlab.steps import Step
+from trainlab.studies import Pruned, Pruning
 from trainlab.tasks import Target, Task
 
 log = logging.getLogger(__name__)
@@ -75,11 +76,15 @@ def fit(
     saver: Saver,
     stop: StopRequest,
     progress_mode: str = ProgressMode.none,
+    started: float | None = None,
+    pruning: Pruning | None = None,
 ) -> LoopState:
     """Train until trainer.max_epochs (or max_steps) or early stopping; return the final state.
-    A stop request (a signal) saves at the next step boundary and raises Interrupted."""
+    A stop request (a signal) saves at the next step boundary and raises Interrupted; a sweep's
+    pruner (`pruning`) saves at the end of the epoch and raises Pruned. `started`: when this
+    attempt started (perf_counter; default: the process's start)."""
     cadence = Cadence(trainer, len(parts.train), parts.check_every_step, stop, parts.train.device)
-    clock = Clock(state)
+    clock = Clock(state, trainlab.STARTED if started is None else started)
     progress = Progress(progress_mode, cadence.max_epochs, cadence.steps_per_epoch)
     parts.model.train()
     try:
@@ -106,12 +111,18 @@ def fit(
             progress.end_epoch()
             improved = _end_epoch(trainer, parts, state, sums, events, epoch_start, cadence)
             clock.tick(state)
-            # A collective under DDP: every rank reaches it, before any short-circuit below.
+            # Collectives under DDP: every rank reaches them, before any short-circuit below.
             stopping = cadence.stopping(state, end_of_epoch=True)
-            if cadence.finished(state) or improved or stopping or cadence.save_due(state, True):
+            pruned = None  # why the sweep's pruner stops this trial (rank 0 asks the study)
+            if pruning is not None:
+                pruned = distributed.broadcast_object(pruning.check(state.history[-1]))
+            due = cadence.finished(state) or improved or stopping or pruned
+            if due or cadence.save_due(state, True):
                 _save(events, saver, parts, state, state.history[-1].get(trainer.monitor), improved)
             if stopping:
                 stop.check()
+            if pruned:
+                raise Pruned(pruned)
     finally:
         saver.drain()  # every save handed to the writer is committed before fit returns
     return state
@@ -188,18 +199,21 @@ class Cadence:
 
 
 class Clock:
-    """state.train_s, the seconds spent in fit over every attempt, counted in one place; and
-    the line that says how long start-up took."""
+    """state.train_s, the seconds spent in fit, and state.wall_s, the seconds of the run's
+    attempts from each one's start, both over every attempt, counted in one place; and the
+    line that says how long this attempt's start-up took."""
 
-    def __init__(self, state: LoopState) -> None:
+    def __init__(self, state: LoopState, started: float) -> None:
         self.last, self.first_step = time.perf_counter(), state.step
+        self.started, self.earlier_s = started, state.wall_s
 
     def tick(self, state: LoopState) -> None:
         now = time.perf_counter()
         if self.first_step is not None:
-            log.info(f"first step {now - trainlab.STARTED:.1f}s after start")
+            log.info(f"first step {now - self.started:.1f}s after start")
             self.first_step = None
         state.train_s, self.last = state.train_s + now - self.last, now
+        state.wall_s = self.earlier_s + now - self.started
 
 
 @dataclass

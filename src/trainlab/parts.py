@@ -101,6 +101,7 @@ class LoopState:
     stopped_early: bool = False
     nan_skips: int = 0  # steps skipped for a non-finite loss (trainer.nan_policy=skip)
     train_s: float = 0.0  # seconds spent in fit, over every attempt
+    wall_s: float = 0.0  # seconds of every attempt, from its start (up to its last checkpoint)
     checkpoint_s: float = 0.0  # of which writing checkpoints
     history: list[dict[str, float]] = field(default_factory=list)  # one record per epoch
     # Saved mid-epoch only: the epoch's and the log interval's running sums (tasks.state), so a

@@ -5,14 +5,12 @@ summary printed at the end."""
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig
 
-import trainlab
 from trainlab import checkpoint, checkpoint_files, distributed, metrics, rundir, tasks
 from trainlab.config import TrainerConfig, monitor_mode
 from trainlab.console import per_label
@@ -68,7 +66,7 @@ def test(
         "stopped_early": state.stopped_early,
         "train_s": state.train_s,
         "checkpoint_s": state.checkpoint_s,
-        "wall_s": time.perf_counter() - trainlab.STARTED,
+        "parameters": sum(p.numel() for p in checkpoint.unwrap(parts.model).parameters()),
         "test_confusion_matrix": confusion,
     }
 

@@ -16,8 +16,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 import traceback
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -194,8 +195,10 @@ def sweep_temp_files(folder: Path, names: tuple[str, ...]) -> list[Path]:
     return stale
 
 
-def now() -> str:
-    return datetime.now(timezone.utc).astimezone().isoformat(timespec="milliseconds")
+def now(ago_s: float = 0.0) -> str:
+    """The local time (ago_s seconds ago), ISO 8601 to the millisecond."""
+    moment = datetime.now(timezone.utc).astimezone() - timedelta(seconds=ago_s)
+    return moment.isoformat(timespec="milliseconds")
 
 
 def write_status(run_dir: Path, status: str, reason: str | None = None) -> None:
@@ -226,8 +229,9 @@ def git_state() -> dict[str, Any]:
 
 
 def run_record(
-    name: str, seed: int, launch: dict[str, Any], environment: dict[str, Any], argv: list[str]
-) -> dict[str, Any]:
+    name: str, seed: int, launch: dict[str, Any], environment: dict[str, Any], argv: list[str],
+    started: float,
+) -> dict[str, Any]:  # fmt: skip
     """run.json: how the run was launched and on what, enough to reproduce it."""
     return {
         "name": name,
@@ -238,7 +242,7 @@ def run_record(
         "git": git_state(),
         "host": socket.gethostname(),
         "environment": environment,
-        "attempts": [launch_record(argv)],
+        "attempts": [launch_record(argv, started)],
     }
 
 
@@ -252,9 +256,11 @@ def _version(package: str) -> str | None:
         return None
 
 
-def launch_record(argv: list[str]) -> dict[str, Any]:
-    """One attempt's entry in run.json (a resume appends another)."""
-    return {"started": now(), "argv": argv, "host": socket.gethostname(), "pid": os.getpid()}
+def launch_record(argv: list[str], started: float) -> dict[str, Any]:
+    """One attempt's entry in run.json (a resume appends another); `started`: the attempt's
+    start (time.perf_counter), the moment its clock (metrics.json wall_s) counts from."""
+    return {"started": now(time.perf_counter() - started), "argv": argv,
+            "host": socket.gethostname(), "pid": os.getpid()}  # fmt: skip
 
 
 class RunFolderCallback(Callback):
@@ -314,7 +320,7 @@ class RunFolderCallback(Callback):
 
     def _on_multirun_start(self, config: DictConfig) -> None:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            _exit_config_error(
+            exit_config_error(
                 "-m under torchrun: every process would run the whole sweep. Run one torchrun "
                 "per sweep point, or let the sweep's launcher start the processes of each job: "
                 "-m hydra/launcher=slurm hydra.launcher.tasks_per_node=N trainer.devices=N"
@@ -337,7 +343,7 @@ def _or_exit(hook: Any, config: DictConfig) -> None:
     except SystemExit:
         raise
     except ConfigError as e:
-        _exit_config_error(str(e))
+        exit_config_error(str(e))
     except Exception:
         traceback.print_exc()
         raise SystemExit(1) from None
@@ -356,10 +362,10 @@ def _check_or_exit(cfg: DictConfig) -> None:
     try:
         config.check(cfg)
     except ConfigError as e:
-        _exit_config_error(str(e))
+        exit_config_error(str(e))
 
 
-def _exit_config_error(message: str) -> None:
+def exit_config_error(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(ConfigError.exit_code)
 

@@ -10,6 +10,7 @@ import io
 import math
 import os
 import re
+import shlex
 import statistics
 import sys
 from dataclasses import dataclass, field
@@ -26,8 +27,13 @@ from trainlab.errors import ConfigError
 from trainlab.lock import in_use
 from trainlab.rundir import read_json, write_record
 
-FAILED = ("failed", "diverged", "interrupted")
+FAILED = ("failed", "diverged", "interrupted", "pruned")
+ENDED_WELL = ("completed", "pruned")  # a pruned trial is one the study chose to stop
 MAX_DIRNAME = 60
+# Overrides that say how a job ran, not what it trains: never a swept column, never in the
+# command line that reproduces a run.
+BOOKKEEPING = ("trainer.resume", "trainer.progress", "paths.", "hydra.")
+NOT_REPRODUCED = ("trainer.resume", "hparams_search", "hydra.", "hydra/")  # a single run's
 
 
 def job_dirname(override_dirname: str) -> str:
@@ -55,7 +61,8 @@ def common_override_keys(task_overrides: list[str]) -> list[str]:
 @dataclass
 class Row:
     path: Path
-    values: dict[str, str] = field(default_factory=dict)  # override key -> value
+    values: dict[str, str] = field(default_factory=dict)  # override key -> value (swept ones)
+    overrides: list[str] = field(default_factory=list)  # the job's command line, as given
     status: str = "unknown"
     reason: str = ""
     monitor: str = ""
@@ -64,6 +71,8 @@ class Row:
     test: float | None = None
     epochs: int | None = None
     wall_s: float | None = None
+    mode: str = ""
+    results: dict[str, Any] = field(default_factory=dict)  # metrics.json, when it is sound
 
 
 def read_run(path: Path) -> Row:
@@ -77,21 +86,25 @@ def read_run(path: Path) -> Row:
         row.status, row.reason = "interrupted", "the process is gone (killed?)"
     run = _json(path / "run.json")
     overrides = _yaml(path / ".hydra" / "overrides.yaml") or run.get("overrides", [])
+    row.overrides = [str(o) for o in overrides]
     for item in overrides:
         key, _, value = str(item).partition("=")
-        row.values[key.lstrip("+~")] = value
+        key = key.lstrip("+~")
+        if not (key.startswith(BOOKKEEPING) or key in BOOKKEEPING):
+            row.values[key] = value
     # What the run's config says, if it still says it: a report reads damaged folders too.
     trainer = (_yaml(path / "config.yaml") or {}).get("trainer")
     row.monitor = (
         str(trainer["monitor"]) if isinstance(trainer, dict) and "monitor" in trainer else ""
     )
-    metrics = _json(path / "metrics.json")
+    metrics = _metrics(path / "metrics.json")
     if metrics:
-        row.monitor = metrics["monitor"]
+        row.results, row.monitor, row.mode = metrics, metrics["monitor"], metrics.get("mode", "")
         row.best = metrics["best"].get(row.monitor)
         row.final = metrics["final"].get(row.monitor)
         row.test = metrics["test"].get("test/" + row.monitor.partition("/")[2])
         row.epochs = metrics["epochs"]
+        row.wall_s = metrics.get("wall_s")
     else:  # unfinished: what the committed checkpoints say
         manifest = _json(path / "checkpoints" / "manifest.json")
         files = manifest.get("files", {})
@@ -100,7 +113,7 @@ def read_run(path: Path) -> Row:
         if manifest.get("last") in files:
             row.epochs = files[manifest["last"]].get("epoch")
     attempts = run.get("attempts", [])
-    if attempts and status.get("updated"):
+    if row.wall_s is None and attempts and status.get("updated"):
         start = datetime.fromisoformat(attempts[0]["started"])
         row.wall_s = (datetime.fromisoformat(status["updated"]) - start).total_seconds()
     return row
@@ -139,21 +152,28 @@ def table(
     """One row per run with only the override keys that vary across `rows`; with group_by,
     one row per configuration (every varying key but that one) with mean ± std."""
     keys = varying_keys(rows)
-    monitors = sorted({r.monitor for r in rows if r.monitor})
-    metric = monitors[0] if len(monitors) == 1 else "monitor"
+    # One best/final/test group of columns per monitored metric: runs of different tasks
+    # (val/acc, val/loss) are never ranked against each other.
+    monitors = sorted({r.monitor for r in rows if r.monitor}) or ["monitor"]
     if group_by:
-        return _grouped(rows, [k for k in keys if k != group_by], group_by, metric, sort)
-    test = f"test {metric.partition('/')[2]}" if "/" in metric else "test"
-    header = ["job", *keys, "status", f"best {metric}", f"final {metric}", test, "epochs", "time_s"]
+        return _grouped(rows, [k for k in keys if k != group_by], group_by, monitors[0], sort)
+    header = ["job", *keys, "status", *[h for m in monitors for h in _metric_header(m)]]
+    header += ["epochs", "time_s"]
     body = []
     for r in rows:
         status = f"{r.status}: {r.reason}" if r.reason and r.status in FAILED else r.status
         wall = None if r.wall_s is None else f"{r.wall_s:.1f}"
         values = [r.values.get(k) for k in keys]
-        body.append(
-            [_relative(r.path, root), *values, status, r.best, r.final, r.test, r.epochs, wall]
-        )
+        scores = [v for m in monitors for v in (
+            (r.best, r.final, r.test) if r.monitor == m or len(monitors) == 1 else (None,) * 3
+        )]  # fmt: skip
+        body.append([_relative(r.path, root), *values, status, *scores, r.epochs, wall])
     return Table(header, _sorted(header, body, sort))
+
+
+def _metric_header(metric: str) -> list[str]:
+    test = f"test {metric.partition('/')[2]}" if "/" in metric else "test"
+    return [f"best {metric}", f"final {metric}", test]
 
 
 def varying_keys(rows: list[Row]) -> list[str]:
@@ -165,16 +185,7 @@ def _grouped(rows: list[Row], keys: list[str], over: str, metric: str, sort: str
     groups: dict[tuple, list[Row]] = {}
     for r in rows:
         groups.setdefault(tuple(r.values.get(k) for k in keys), []).append(r)
-    test = f"test {metric.partition('/')[2]}" if "/" in metric else "test"
-    header = [
-        *keys,
-        f"n ({over})",
-        "completed",
-        f"best {metric}",
-        f"final {metric}",
-        test,
-        "time_s",
-    ]
+    header = [*keys, f"n ({over})", "completed", *_metric_header(metric), "time_s"]
     body = []
     for config, members in groups.items():
         done = [m for m in members if m.status == "completed"]
@@ -196,13 +207,28 @@ def _sorted(header: list[str], body: list[list[Any]], sort: str | None) -> list[
     if not sort:
         return body
     name, reverse = sort.lstrip("-"), sort.startswith("-")
-    matches = [i for i, h in enumerate(header) if h == name or h.split(" ")[0] == name]
+    matches = [i for i, h in enumerate(header) if h == name]
+    matches = matches or [i for i, h in enumerate(header) if h.split(" ")[0] == name]
     if not matches:
         raise SystemExit(f"error: --sort {sort}: no such column; columns: {', '.join(header)}")
+    if len(matches) > 1:
+        named = ", ".join(f"'{header[i]}'" for i in matches)
+        raise SystemExit(f"error: --sort {sort}: which one? {named}")
     i = matches[0]
     present = [r for r in body if r[i] is not None]
     missing = [r for r in body if r[i] is None]  # always last
-    return sorted(present, key=lambda r: (str(type(r[i])), r[i]), reverse=reverse) + missing
+    return sorted(present, key=lambda r: _sort_key(r[i]), reverse=reverse) + missing
+
+
+def _sort_key(value: Any) -> tuple[int, Any]:
+    """Numbers (and override values that are numbers, 1e-3 or 0.01) by value, before text."""
+    if isinstance(value, int | float):
+        return (0, float(value))
+    text = str(value)
+    try:
+        return (0, float(text.split(" ")[0]))  # "0.91 ± 0.01" by its mean
+    except ValueError:
+        return (1, text)
 
 
 def _cell(value: Any) -> str:
@@ -222,9 +248,29 @@ def _relative(path: Path, root: Path) -> str:
 
 def _json(path: Path) -> dict[str, Any]:
     try:
-        return read_json(path) if path.is_file() else {}
+        record = read_json(path) if path.is_file() else {}
     except ConfigError:
         return {}  # a half-written record of a killed run: report what else is there
+    return record if isinstance(record, dict) else {}
+
+
+def _metrics(path: Path) -> dict[str, Any] | None:
+    """metrics.json if it is what a run writes; otherwise a warning naming the file, and the
+    row is made from the folder's other records."""
+    if not path.is_file():
+        return None
+    try:
+        metrics = read_json(path)
+        ok = isinstance(metrics, dict) and isinstance(metrics.get("monitor"), str)
+        ok = ok and all(isinstance(metrics.get(k), dict) for k in ("best", "final", "test"))
+        best = metrics["best"].get(metrics["monitor"]) if ok else None
+        ok = ok and isinstance(best, int | float) and isinstance(metrics.get("epochs"), int)
+        if not ok:
+            raise ConfigError("not the record a run writes (monitor, best, final, test)")
+    except ConfigError as e:
+        print(f"warning: skipping {path}: {e}", file=sys.stderr)
+        return None
+    return metrics
 
 
 def _yaml(path: Path) -> Any:
@@ -237,12 +283,72 @@ def _yaml(path: Path) -> Any:
 # ---- the sweep's own summary, and `trainlab report` ----
 
 
-def write_summary(sweep_dir: Path) -> tuple[Table, list[Row]]:
+def write_summary(
+    sweep_dir: Path, objectives: list[str] | None = None, directions: list[str] | None = None
+) -> tuple[Table, list[Row]]:
+    """summary.md and summary.csv at the sweep's root; with several objectives, summary.md
+    also has the Pareto front."""
     rows = [read_run(p) for p in find_runs(sweep_dir)]
     result = table(rows, sweep_dir)
-    write_record(sweep_dir / "summary.md", result.markdown())
+    text = result.markdown()
+    if objectives and directions and len(objectives) > 1:
+        front = pareto_front(rows, objectives, directions, sweep_dir)
+        goals = ", ".join(f"{d} {o}" for o, d in zip(objectives, directions, strict=True))
+        text += f"\n## Pareto front ({goals})\n\n" + front.markdown()
+    write_record(sweep_dir / "summary.md", text)
     write_record(sweep_dir / "summary.csv", result.csv())
     return result, rows
+
+
+def objective_values(row: Row, objectives: list[str]) -> list[float] | None:
+    """A completed run's value of each objective: a metric of its best validation, or one of
+    metrics.json's own numbers (parameters, train_s, wall_s)."""
+    if row.status != "completed" or not row.results:
+        return None
+    values = [row.results.get(o, row.results["best"].get(o)) for o in objectives]
+    if not all(isinstance(v, int | float) and math.isfinite(v) for v in values):
+        return None
+    return values
+
+
+def pareto_front(
+    rows: list[Row], objectives: list[str], directions: list[str], root: Path
+) -> Table:
+    """The runs no other run beats on every objective (at least as good on all, better on
+    one), best first by the first objective."""
+    sign = [1.0 if d == "minimize" else -1.0 for d in directions]
+    scored = [(r, v) for r in rows if (v := objective_values(r, objectives)) is not None]
+    costs = [[s * x for s, x in zip(sign, v, strict=True)] for _, v in scored]
+
+    def beaten(i: int) -> bool:
+        return any(
+            all(a <= b for a, b in zip(other, costs[i], strict=True)) and other != costs[i]
+            for other in costs
+        )
+
+    front = sorted((i for i in range(len(scored)) if not beaten(i)), key=lambda i: costs[i])
+    body = [[_relative(scored[i][0].path, root), *scored[i][1]] for i in front]
+    return Table(["job", *objectives], body)
+
+
+def best_command(rows: list[Row]) -> list[str]:
+    """For each monitored metric: the best completed run and the command that trains it
+    again (its overrides, without the bookkeeping ones)."""
+    lines = []
+    for monitor in sorted({r.monitor for r in rows if r.monitor}):
+        done = [r for r in rows if r.monitor == monitor and r.status == "completed"]
+        done = [r for r in done if r.best is not None and math.isfinite(r.best)]
+        if not done:
+            continue
+        pick = min if done[0].mode == "min" else max
+        best = pick(done, key=lambda r: r.best)
+        kept = [o for o in best.overrides if not o.lstrip("+~").startswith(NOT_REPRODUCED)]
+        overrides = " ".join(shlex.quote(o) for o in kept)
+        lines.append(
+            f"best {monitor}: {best.best:.4f} ({best.path.name}); train it again with: "
+            f"trainlab train {overrides}".rstrip()
+        )
+    return lines
 
 
 class SweepSummaryCallback(Callback):
@@ -265,15 +371,21 @@ class SweepSummaryCallback(Callback):
         multirun = config.hydra.mode is not None and str(config.hydra.mode).endswith("MULTIRUN")
         # A job of several processes (SLURM tasks): its rank 0 alone writes.
         if multirun and os.environ.get("RANK", "0") == "0":
-            write_summary(Path(config.hydra.sweep.dir))
+            write_summary(Path(config.hydra.sweep.dir), *_objectives(config))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():
             return
-        result, rows = write_summary(sweep_dir)
+        result, rows = write_summary(sweep_dir, *_objectives(config))
         print(f"\nsweep summary ({sweep_dir / 'summary.md'}):\n\n{result.markdown()}")
-        failed = [r for r in rows if r.status != "completed"]
+        for line in best_command(rows):
+            print(line)
+        # "running": a job of another worker of the same study, still going (its lock is held).
+        failed = [r for r in rows if r.status not in (*ENDED_WELL, "running")]
+        running = [r for r in rows if r.status == "running"]
+        if running:
+            print(f"{len(running)} job(s) still running in other processes")
         if failed:
             names = ", ".join(f"{_relative(r.path, sweep_dir)} ({r.status})" for r in failed)
             print(
@@ -296,4 +408,18 @@ def report(root: Path, sort: str | None, group_by: str | None, fmt: str) -> int:
         return 2
     result = table(rows, root, sort=sort, group_by=group_by)
     print(result.markdown() if fmt == "md" else result.csv(), end="")
+    if fmt == "md":
+        for line in best_command(rows):
+            print(f"\n{line}")
     return 0
+
+
+def _objectives(config: DictConfig) -> tuple[list[str] | None, list[str] | None]:
+    """A trainlab Optuna sweep's objectives and directions; (None, None) for other sweeps."""
+    sweeper = config.hydra.get("sweeper")
+    if sweeper is None or "objectives" not in sweeper:
+        return None, None
+    from trainlab import studies
+
+    objectives = studies.objectives_of(sweeper, config.trainer.monitor)
+    return objectives, studies.directions_of(sweeper, objectives)

@@ -16,6 +16,7 @@ import platform
 import signal
 import sys
 import tempfile
+import time
 import traceback
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+import trainlab
 from trainlab import (
     checkpoint,
     checkpoint_files,
@@ -38,6 +40,7 @@ from trainlab import (
     results,
     runconfig,
     rundir,
+    studies,
 )
 from trainlab.checkpoint_files import Saver
 from trainlab.config import ProgressMode, TrainerConfig
@@ -54,6 +57,7 @@ log = logging.getLogger(__name__)
 
 
 def hydra_task(cfg: DictConfig) -> float:
+    started = time.perf_counter()  # this job's start: its clock (a sweep runs many a process)
     """The body of each `trainlab train` job; returns the best monitored value (what a
     sweeper optimises). In a sweep a failing job records its status and returns NaN: it is a
     row of the sweep's summary (and a failed Optuna trial), not the end of the sweep."""
@@ -80,7 +84,21 @@ def hydra_task(cfg: DictConfig) -> float:
         if distributed.launched_world().main:
             lock.own(run_dir)  # a single run's callback took it already; a sweep job's here
         resume = continuation.decide(cfg, run_dir, multirun)
-        results = run(cfg, run_dir, launch=launch, resume=resume, multirun=multirun)
+        pruning = studies.Pruning.of_job(
+            hydra_cfg, cfg.trainer.monitor, distributed.launched_world().main
+        )
+        results = run(cfg, run_dir, launch, resume, multirun, started=started if multirun else None,
+                      pruning=pruning)  # fmt: skip
+    except studies.Pruned as e:
+        log.info(f"job {run_dir.name}: pruned ({e}); its checkpoints are kept")
+        return math.nan
+    except SystemExit:
+        if multirun and distributed.launched_world().main:
+            # A stopped job ends the sweep before Hydra's on_job_end: the summary has it too.
+            from trainlab import sweep
+
+            sweep.write_summary(Path(hydra_cfg.sweep.dir))
+        raise
     except TrainlabError as e:
         if not multirun:
             raise SystemExit(rundir.report(e)) from None
@@ -171,10 +189,15 @@ def run(
     resume: Resume | None = None,
     multirun: bool = False,
     argv: list[str] | None = None,
+    started: float | None = None,
+    pruning: studies.Pruning | None = None,
 ) -> dict[str, Any]:
     """Train, test and record one run in `run_dir`; returns what metrics.json holds. Under
-    torchrun every rank runs this; rank 0 alone writes the folder, and holds its lock."""
+    torchrun every rank runs this; rank 0 alone writes the folder, and holds its lock.
+    `started`: this attempt's start (perf_counter; default: the process's); `pruning`: a
+    sweep's trial reporting to its study."""
     argv = list(sys.argv if argv is None else argv)
+    started = trainlab.STARTED if started is None else started
     # A folder with a run in it but no checkpoint (stopped before its first save) starts over
     # in place.
     in_place = resume is None and (run_dir / "config.yaml").is_file()
@@ -203,7 +226,7 @@ def run(
         # ---- accept: from here on rank 0 writes its folder ----
         try:
             if world.main:
-                record = _write_records(cfg, run_dir, launch, resume, s, argv)
+                record = _write_records(cfg, run_dir, launch, resume, s, argv, started)
             else:
                 record = {"choices": (launch or {}).get("choices", {}), "overrides": []}
             start_log_file()
@@ -236,8 +259,10 @@ def run(
             if s.rng is not None:
                 checkpoint.restore_rng(s.rng)  # the last thing before training continues
             progress = trainer.progress if world.main else ProgressMode.none
-            state = fit(trainer, s.parts, state, events, saver, stop, progress)
+            earlier_s = state.wall_s  # earlier attempts' seconds, up to their last checkpoint
+            state = fit(trainer, s.parts, state, events, saver, stop, progress, started, pruning)
             outcome = results.test(cfg, trainer, ckpt_dir, s.parts, s.data, state, world)
+            outcome["wall_s"] = earlier_s + time.perf_counter() - started
             # A signal during the test: the last checkpoint is the final one, so a resume
             # trains nothing and tests again.
             stop.check()
@@ -253,6 +278,9 @@ def run(
             raise SystemExit(e.exit_code) from None
         except Diverged as e:
             _record_status(run_dir, "diverged", str(e), world.main)
+            raise
+        except studies.Pruned as e:
+            _record_status(run_dir, "pruned", str(e), world.main)
             raise
         except KeyboardInterrupt:
             why = "SIGINT (no checkpoint: stopped at once)"
@@ -339,6 +367,7 @@ def _write_records(
     resume: Resume | None,
     s: SetUp,
     argv: list[str],
+    started: float,
 ) -> dict[str, Any]:
     """config.yaml (new, or changed by a resume) and run.json (new, or one more attempt)."""
     checkpoint_files.sweep_temp_files(run_dir / "checkpoints")
@@ -346,7 +375,7 @@ def _write_records(
     if resume is None or resume.changes:
         rundir.write_record(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     if s.earlier is None:
-        record = rundir.run_record(cfg.name, cfg.seed, launch or {}, s.environment, argv)
+        record = rundir.run_record(cfg.name, cfg.seed, launch or {}, s.environment, argv, started)
         # What predict names the outputs by and feeds the model, as trained (DESIGN 9).
         data = s.data
         record["data"] = {
@@ -354,7 +383,7 @@ def _write_records(
         }  # fmt: skip
     else:
         record = s.earlier
-        attempt = rundir.launch_record(argv)
+        attempt = rundir.launch_record(argv, started)
         if s.resumed_from is not None:
             attempt["resumed_from"] = s.resumed_from["name"]
         else:
