@@ -29,6 +29,8 @@ SMALL_FAKE = [
 ]
 # What an option needs beside it; by option id (group/option).
 NEEDS = {
+    "hydra/sweeper/pruner/median": ["hydra/sweeper=trainlab_optuna"],
+    "hydra/sweeper/pruner/hyperband": ["hydra/sweeper=trainlab_optuna"],
     "model/cnn": ["dataset=digits"],
     "model/lenet": SMALL_FAKE,
     "model/torchvision": [*SMALL_FAKE, "model.name=resnet18"],

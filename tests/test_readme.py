@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import torch
 
 import files
 from conftest import REPO
@@ -32,6 +33,7 @@ from trainlab import checkpoint_files, cli, steps
 
 pytestmark = pytest.mark.slow
 
+PROCESS_THREADS = torch.get_num_threads()  # what a new process on this machine starts with
 # Appended to every training command: the test's data, a short run, one thread.
 TINY = ["trainer.max_steps=3", "trainer.num_threads=1", "trainer.checkpoint.every_n_steps=2"]
 # Values in README that only make sense for a full-length run.
@@ -172,7 +174,7 @@ def shrink(command: Command, cwd: Path, data_dir: Path) -> Command | None:
             # Full length (200 steps, a second): the predictions README shows depend on it.
             return Command([*tokens, *data, "trainer.num_threads=1"], env=command.env)
         tokens += data + TINY
-        if "hparams_search=optuna" in tokens:
+        if "hparams_search=optuna" in tokens or "hydra/sweeper=trainlab_optuna" in tokens:
             tokens.append("hydra.sweeper.n_trials=2")
     if verb == "resume" and any(t.startswith("trainer.max_epochs=") for t in tokens):
         # The tiny runs are bounded by trainer.max_steps, where max_epochs would do nothing
@@ -261,6 +263,9 @@ def run(command: Command, cwd: Path, monkeypatch, capsys) -> tuple[int, str]:
             m.setenv(key, value)
         if env.get("PYTHONPATH") == ".":
             m.syspath_prepend(str(cwd))
+        # A command starts as a fresh process would: with the machine's thread count, not the
+        # one an earlier in-process command set (trainer.num_threads=1); sums depend on it.
+        torch.set_num_threads(PROCESS_THREADS)
         code = cli.main(tokens[1:])
     captured = capsys.readouterr()
     return code, captured.err if command.expected and code else captured.out + captured.err

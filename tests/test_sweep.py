@@ -280,7 +280,7 @@ def test_launcher_configs_compose_and_parallel_jobs_share_the_cores(monkeypatch)
     from omegaconf import OmegaConf
 
     from trainlab.cli import CONF_DIR
-    from trainlab.train import _parallel_jobs
+    from trainlab.job import _parallel_jobs
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         slurm = compose("train", ["hydra/launcher=slurm"], return_hydra_config=True).hydra.launcher
@@ -341,8 +341,9 @@ def test_report_sorts_numbers_as_numbers_skips_bad_records_and_keeps_tasks_apart
     for name in ("torn", "odd"):
         assert f"warning: skipping {root / name / 'metrics.json'}: " in out.err
         assert rows[name]["status"] == "completed" and rows[name]["best val/acc"] == ""
-    with pytest.raises(SystemExit, match="which one"):
-        sweep.report(root, sort="best", group_by=None, fmt="csv")
+    assert sweep.report(root, sort="best", group_by=None, fmt="csv") == 0
+    _, *body = csv.reader(io.StringIO(capsys.readouterr().out))
+    assert [r[0] for r in body][:4] == ["acc-0.2", "acc-0.01", "acc-1e-4", "acc-0.003"]
     assert sweep.report(root, sort="-best val/acc", group_by=None, fmt="md") == 0
     text = capsys.readouterr().out
     # The best run of each metric, with the command that trains it again.
@@ -391,3 +392,19 @@ def test_a_multi_objective_summary_lists_the_pareto_front(tmp_path):
     text = (root / "summary.md").read_text()
     front = text.split("## Pareto front (maximize val/acc, minimize parameters)\n\n")[1]
     assert front.splitlines()[2:] == ["| big | 0.9000 | 1000 |", "| small | 0.8000 | 100 |"]
+
+
+def test_a_sweep_stopped_by_a_signal_keeps_the_stopped_job_in_its_summary(tmp_path, data_dir):
+    root = tmp_path / "grid"
+    proc = multirun(tmp_path, data_dir, "model=mlp", "seed=0,1", "trainer.max_epochs=30",
+                    f"hydra.sweep.dir={root}", wait=False)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not list(root.glob("0_*/checkpoints/manifest.json")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # job 0 saves and stops; the sweep ends with it
+    proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM
+    with (root / "summary.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["job"] for r in rows] == ["0_seed=0"]
+    assert rows[0]["status"] == "interrupted: SIGTERM"

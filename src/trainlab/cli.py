@@ -37,9 +37,9 @@ def _train_app(cfg: DictConfig) -> float | None:
     global _task_entered
     _task_entered = True
     _release_stderr()
-    from trainlab import train  # torch is imported here, after the config passed its checks
+    from trainlab import job  # torch is imported here, after the config passed its checks
 
-    return train.hydra_task(cfg)
+    return job.hydra_task(cfg)
 
 
 def train(args: list[str]) -> int:

@@ -26,7 +26,7 @@ from trainlab.console import format_epoch
 from trainlab.errors import Diverged
 from trainlab.metrics import Events
 from trainlab.parts import Batches, LoopState, Parts, Precision, eval_weights
-from trainlab.progress import Progress
+from trainlab.progress import Clock, Progress
 from trainlab.signals import StopRequest
 from trainlab.steps import Step
 from trainlab.studies import Pruned, Pruning
@@ -196,24 +196,6 @@ class Cadence:
         if signum and self.stop.signum is None:
             self.stop.signum = signum  # another rank got the signal: stop with it
         return signum > 0
-
-
-class Clock:
-    """state.train_s, the seconds spent in fit, and state.wall_s, the seconds of the run's
-    attempts from each one's start, both over every attempt, counted in one place; and the
-    line that says how long this attempt's start-up took."""
-
-    def __init__(self, state: LoopState, started: float) -> None:
-        self.last, self.first_step = time.perf_counter(), state.step
-        self.started, self.earlier_s = started, state.wall_s
-
-    def tick(self, state: LoopState) -> None:
-        now = time.perf_counter()
-        if self.first_step is not None:
-            log.info(f"first step {now - self.started:.1f}s after start")
-            self.first_step = None
-        state.train_s, self.last = state.train_s + now - self.last, now
-        state.wall_s = self.earlier_s + now - self.started
 
 
 @dataclass

@@ -1,16 +1,20 @@
 """Progress while an epoch runs (trainer.progress): a live bar with loss, accuracy, it/s and
 ETA on a terminal; a plain line at each log point where output is not a terminal (CI, a
 file); nothing on ranks other than 0. The numbers shown are the ones logged to TensorBoard at
-the log points, so the bar never reads the device between them."""
+the log points, so the bar never reads the device between them. And the loop's clock: the
+seconds it trains and the run's wall time, over every attempt."""
 
 from __future__ import annotations
 
 import logging
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trainlab.console import per_label
+
+if TYPE_CHECKING:
+    from trainlab.parts import LoopState
 
 log = logging.getLogger(__name__)
 
@@ -66,3 +70,21 @@ class Progress:
 
     def _of(self) -> str:
         return f"{self.epoch}/{self.max_epochs}" if self.max_epochs else str(self.epoch)
+
+
+class Clock:
+    """state.train_s, the seconds spent in fit, and state.wall_s, the seconds of the run's
+    attempts from each one's start, both over every attempt, counted in one place; and the
+    line that says how long this attempt's start-up took."""
+
+    def __init__(self, state: LoopState, started: float) -> None:
+        self.last, self.first_step = time.perf_counter(), state.step
+        self.started, self.earlier_s = started, state.wall_s
+
+    def tick(self, state: LoopState) -> None:
+        now = time.perf_counter()
+        if self.first_step is not None:
+            log.info(f"first step {now - self.started:.1f}s after start")
+            self.first_step = None
+        state.train_s, self.last = state.train_s + now - self.last, now
+        state.wall_s = self.earlier_s + now - self.started

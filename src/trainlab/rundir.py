@@ -285,7 +285,7 @@ class RunFolderCallback(Callback):
         HydraConfig.instance().set_config(config)  # run_job sets it too, after this callback
         _check_or_exit(config)
         if launched_world().rank > 0:
-            # Under torchrun rank 0 alone makes the run folder and shares it (train.hydra_task);
+            # Under torchrun rank 0 alone makes the run folder and shares it (job.hydra_task);
             # this rank's Hydra writes nothing, in a folder that already exists.
             with read_write(config.hydra), open_dict(config.hydra):
                 config.hydra.run.dir = os.getcwd()

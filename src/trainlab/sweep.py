@@ -10,7 +10,6 @@ import io
 import math
 import os
 import re
-import shlex
 import statistics
 import sys
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from trainlab import ranking
 from trainlab.errors import ConfigError
 from trainlab.lock import in_use
 from trainlab.rundir import read_json, write_record
@@ -33,7 +33,6 @@ MAX_DIRNAME = 60
 # Overrides that say how a job ran, not what it trains: never a swept column, never in the
 # command line that reproduces a run.
 BOOKKEEPING = ("trainer.resume", "trainer.progress", "paths.", "hydra.")
-NOT_REPRODUCED = ("trainer.resume", "hparams_search", "hydra.", "hydra/")  # a single run's
 
 
 def job_dirname(override_dirname: str) -> str:
@@ -167,7 +166,7 @@ def table(
         scores = [v for m in monitors for v in (
             (r.best, r.final, r.test) if r.monitor == m or len(monitors) == 1 else (None,) * 3
         )]  # fmt: skip
-        body.append([_relative(r.path, root), *values, status, *scores, r.epochs, wall])
+        body.append([relative(r.path, root), *values, status, *scores, r.epochs, wall])
     return Table(header, _sorted(header, body, sort))
 
 
@@ -211,10 +210,7 @@ def _sorted(header: list[str], body: list[list[Any]], sort: str | None) -> list[
     matches = matches or [i for i, h in enumerate(header) if h.split(" ")[0] == name]
     if not matches:
         raise SystemExit(f"error: --sort {sort}: no such column; columns: {', '.join(header)}")
-    if len(matches) > 1:
-        named = ", ".join(f"'{header[i]}'" for i in matches)
-        raise SystemExit(f"error: --sort {sort}: which one? {named}")
-    i = matches[0]
+    i = matches[0]  # `best` with several monitors: the first; `best val/loss` names another
     present = [r for r in body if r[i] is not None]
     missing = [r for r in body if r[i] is None]  # always last
     return sorted(present, key=lambda r: _sort_key(r[i]), reverse=reverse) + missing
@@ -239,7 +235,7 @@ def _cell(value: Any) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
-def _relative(path: Path, root: Path) -> str:
+def relative(path: Path, root: Path) -> str:
     try:
         return str(path.relative_to(root)) or "."
     except ValueError:
@@ -292,63 +288,12 @@ def write_summary(
     result = table(rows, sweep_dir)
     text = result.markdown()
     if objectives and directions and len(objectives) > 1:
-        front = pareto_front(rows, objectives, directions, sweep_dir)
+        front = ranking.pareto_front(rows, objectives, directions, sweep_dir)
         goals = ", ".join(f"{d} {o}" for o, d in zip(objectives, directions, strict=True))
         text += f"\n## Pareto front ({goals})\n\n" + front.markdown()
     write_record(sweep_dir / "summary.md", text)
     write_record(sweep_dir / "summary.csv", result.csv())
     return result, rows
-
-
-def objective_values(row: Row, objectives: list[str]) -> list[float] | None:
-    """A completed run's value of each objective: a metric of its best validation, or one of
-    metrics.json's own numbers (parameters, train_s, wall_s)."""
-    if row.status != "completed" or not row.results:
-        return None
-    values = [row.results.get(o, row.results["best"].get(o)) for o in objectives]
-    if not all(isinstance(v, int | float) and math.isfinite(v) for v in values):
-        return None
-    return values
-
-
-def pareto_front(
-    rows: list[Row], objectives: list[str], directions: list[str], root: Path
-) -> Table:
-    """The runs no other run beats on every objective (at least as good on all, better on
-    one), best first by the first objective."""
-    sign = [1.0 if d == "minimize" else -1.0 for d in directions]
-    scored = [(r, v) for r in rows if (v := objective_values(r, objectives)) is not None]
-    costs = [[s * x for s, x in zip(sign, v, strict=True)] for _, v in scored]
-
-    def beaten(i: int) -> bool:
-        return any(
-            all(a <= b for a, b in zip(other, costs[i], strict=True)) and other != costs[i]
-            for other in costs
-        )
-
-    front = sorted((i for i in range(len(scored)) if not beaten(i)), key=lambda i: costs[i])
-    body = [[_relative(scored[i][0].path, root), *scored[i][1]] for i in front]
-    return Table(["job", *objectives], body)
-
-
-def best_command(rows: list[Row]) -> list[str]:
-    """For each monitored metric: the best completed run and the command that trains it
-    again (its overrides, without the bookkeeping ones)."""
-    lines = []
-    for monitor in sorted({r.monitor for r in rows if r.monitor}):
-        done = [r for r in rows if r.monitor == monitor and r.status == "completed"]
-        done = [r for r in done if r.best is not None and math.isfinite(r.best)]
-        if not done:
-            continue
-        pick = min if done[0].mode == "min" else max
-        best = pick(done, key=lambda r: r.best)
-        kept = [o for o in best.overrides if not o.lstrip("+~").startswith(NOT_REPRODUCED)]
-        overrides = " ".join(shlex.quote(o) for o in kept)
-        lines.append(
-            f"best {monitor}: {best.best:.4f} ({best.path.name}); train it again with: "
-            f"trainlab train {overrides}".rstrip()
-        )
-    return lines
 
 
 class SweepSummaryCallback(Callback):
@@ -379,7 +324,7 @@ class SweepSummaryCallback(Callback):
             return
         result, rows = write_summary(sweep_dir, *_objectives(config))
         print(f"\nsweep summary ({sweep_dir / 'summary.md'}):\n\n{result.markdown()}")
-        for line in best_command(rows):
+        for line in ranking.best_command(rows):
             print(line)
         # "running": a job of another worker of the same study, still going (its lock is held).
         failed = [r for r in rows if r.status not in (*ENDED_WELL, "running")]
@@ -387,7 +332,7 @@ class SweepSummaryCallback(Callback):
         if running:
             print(f"{len(running)} job(s) still running in other processes")
         if failed:
-            names = ", ".join(f"{_relative(r.path, sweep_dir)} ({r.status})" for r in failed)
+            names = ", ".join(f"{relative(r.path, sweep_dir)} ({r.status})" for r in failed)
             print(
                 f"error: {len(failed)} of {len(rows)} jobs did not complete: {names}",
                 file=sys.stderr,
@@ -409,7 +354,7 @@ def report(root: Path, sort: str | None, group_by: str | None, fmt: str) -> int:
     result = table(rows, root, sort=sort, group_by=group_by)
     print(result.markdown() if fmt == "md" else result.csv(), end="")
     if fmt == "md":
-        for line in best_command(rows):
+        for line in ranking.best_command(rows):
             print(f"\n{line}")
     return 0
 

@@ -10,22 +10,17 @@ behind.
 from __future__ import annotations
 
 import logging
-import math
-import os
 import platform
 import signal
 import sys
 import tempfile
 import time
-import traceback
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 import trainlab
@@ -54,88 +49,6 @@ from trainlab.preflight import preflight
 from trainlab.signals import Interrupted, graceful_stop
 
 log = logging.getLogger(__name__)
-
-
-def hydra_task(cfg: DictConfig) -> float:
-    started = time.perf_counter()  # this job's start: its clock (a sweep runs many a process)
-    """The body of each `trainlab train` job; returns the best monitored value (what a
-    sweeper optimises). In a sweep a failing job records its status and returns NaN: it is a
-    row of the sweep's summary (and a failed Optuna trial), not the end of the sweep."""
-    hydra_cfg = HydraConfig.get()
-    run_dir = Path(hydra_cfg.runtime.output_dir)
-    multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    runconfig.absolute_paths(cfg)
-    parallel = _parallel_jobs(hydra_cfg.launcher)
-    if cfg.trainer.num_threads is None and parallel > 1:
-        # Jobs running side by side share the cores instead of each taking all of them.
-        cfg.trainer.num_threads = max(1, (os.cpu_count() or 1) // parallel)
-    launch = {
-        "overrides": list(hydra_cfg.overrides.task),
-        "choices": {
-            k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra")
-        },
-    }
-    try:
-        if distributed.launched_world().distributed:
-            run_dir = _join_world(cfg, run_dir, release=not multirun)
-        if multirun:
-            # The sweep checked what its jobs share; this job's own values are checked here.
-            config.check(cfg)
-        if distributed.launched_world().main:
-            lock.own(run_dir)  # a single run's callback took it already; a sweep job's here
-        resume = continuation.decide(cfg, run_dir, multirun)
-        pruning = studies.Pruning.of_job(
-            hydra_cfg, cfg.trainer.monitor, distributed.launched_world().main
-        )
-        results = run(cfg, run_dir, launch, resume, multirun, started=started if multirun else None,
-                      pruning=pruning)  # fmt: skip
-    except studies.Pruned as e:
-        log.info(f"job {run_dir.name}: pruned ({e}); its checkpoints are kept")
-        return math.nan
-    except SystemExit:
-        if multirun and distributed.launched_world().main:
-            # A stopped job ends the sweep before Hydra's on_job_end: the summary has it too.
-            from trainlab import sweep
-
-            sweep.write_summary(Path(hydra_cfg.sweep.dir))
-        raise
-    except TrainlabError as e:
-        if not multirun:
-            raise SystemExit(rundir.report(e)) from None
-        ours = not isinstance(e, lock.FolderInUse)  # another process's folder: touch nothing
-        if ours and distributed.launched_world().main and not (run_dir / "status.json").is_file():
-            _record_status(run_dir, "failed", rundir.message_of(e))
-        print(f"error: job {run_dir.name}: {rundir.message_of(e)}", file=sys.stderr)
-        return math.nan
-    except Exception:
-        if not multirun:
-            raise
-        traceback.print_exc()  # an internal error: the whole story, but the sweep goes on
-        return math.nan
-    finally:
-        lock.disown(run_dir)
-        distributed.teardown()
-    return results["best"].get(cfg.trainer.monitor, math.nan)
-
-
-def _join_world(cfg: DictConfig, run_dir: Path, release: bool) -> Path:
-    """Under torchrun: join the process group and return rank 0's run folder (the other ranks'
-    Hydra made none, see rundir.RunFolderCallback). A rejected world leaves no folder."""
-    try:
-        distributed.setup(cfg.trainer.devices, cfg.trainer.accelerator)
-    except TrainlabError:
-        if release and distributed.launched_world().main:
-            rundir.release(run_dir)
-        raise
-    return Path(distributed.broadcast_object(str(run_dir)))
-
-
-def _parallel_jobs(launcher: DictConfig) -> int:
-    """Jobs a launcher runs at once on this machine (joblib's n_jobs; -1 = one per core)."""
-    n = launcher.get("n_jobs") if launcher is not None else None
-    if not isinstance(n, int):
-        return 1
-    return (os.cpu_count() or 1) + 1 + n if n < 0 else n
 
 
 def resume(run_dir: Path, overrides: list[str], allow: list[str], argv: list[str]) -> int:
@@ -215,7 +128,7 @@ def run(
             s = _set_up(cfg, run_dir, resume)
         except (TrainlabError, KeyboardInterrupt) as e:
             if rank == 0 and multirun:
-                _record_status(run_dir, "failed", str(e))
+                record_status(run_dir, "failed", str(e))
             elif rank == 0 and resume is None and not in_place:
                 rundir.release(run_dir)  # leave no trace of a rejected run
             if isinstance(e, KeyboardInterrupt):  # Ctrl-C twice in start-up: nothing written
@@ -234,7 +147,7 @@ def run(
                 rundir.write_status(run_dir, "running")
         except TrainlabError as e:  # a record could not be written (disk full, read-only)
             if world.main:
-                _record_status(run_dir, "failed", str(e))
+                record_status(run_dir, "failed", str(e))
             raise
         _log_start(trainer, run_dir, s)
         # fast_dev_run keeps no checkpoints: they go to a temporary folder, gone at the end.
@@ -270,28 +183,28 @@ def run(
             if world.main:
                 rundir.write_status(run_dir, "completed")
         except Interrupted as e:
-            _record_status(run_dir, "interrupted", signal.Signals(e.signum).name, world.main)
+            record_status(run_dir, "interrupted", signal.Signals(e.signum).name, world.main)
             has = checkpoint_files.has_checkpoint(ckpt_dir)
             log.info(f"{e}; `trainlab resume {run_dir}` {'continues' if has else 'starts it over'}")
             events.close()
             e.hand_on()  # on a SLURM job: submitit requeues it
             raise SystemExit(e.exit_code) from None
         except Diverged as e:
-            _record_status(run_dir, "diverged", str(e), world.main)
+            record_status(run_dir, "diverged", str(e), world.main)
             raise
         except studies.Pruned as e:
-            _record_status(run_dir, "pruned", str(e), world.main)
+            record_status(run_dir, "pruned", str(e), world.main)
             raise
         except KeyboardInterrupt:
             why = "SIGINT (no checkpoint: stopped at once)"
-            _record_status(run_dir, "interrupted", why, world.main)
+            record_status(run_dir, "interrupted", why, world.main)
             log.info(f"interrupted; continue from the last checkpoint: trainlab resume {run_dir}")
             raise SystemExit(128 + signal.SIGINT) from None
         except BaseException as e:
             why = rundir.message_of(e) if isinstance(e, TrainlabError) else first_line(e)
             if not isinstance(e, TrainlabError):
                 why = f"{e.__class__.__name__}: {why}"
-            _record_status(run_dir, "failed", why, world.main)
+            record_status(run_dir, "failed", why, world.main)
             raise
         finally:
             events.close()
@@ -350,7 +263,7 @@ def _log_start(trainer: TrainerConfig, run_dir: Path, s: SetUp) -> None:
         log.info("trainer.fast_dev_run: one batch of each split; no checkpoints or events kept")
 
 
-def _record_status(run_dir: Path, status: str, reason: str, main: bool = True) -> None:
+def record_status(run_dir: Path, status: str, reason: str, main: bool = True) -> None:
     """status.json on the way out; if even that cannot be written (disk full), say so."""
     if not main:
         return
