@@ -149,6 +149,16 @@ def test_the_shipped_spaces_fit_their_models_and_a_missing_key_is_refused_first(
     searched = [*bad[:3], "model=choice(cnn1d,mlp)", "hydra.sweeper.n_trials=2"]
     assert sweep_in_process(tmp_path, data_dir, tmp_path / "both", *searched) == 2
     assert "model.channels is not a key of model=mlp" in capsys.readouterr().err
+    # A key that exists, searched with values its type refuses: said before any trial too.
+    (space / "floats.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /hydra/sweeper: trainlab_optuna\n"
+        "hydra:\n  sweeper:\n    params:\n      trainer.max_epochs: interval(1, 3)\n"
+    )
+    floats = [*bad[:2], "hparams_search=floats", "hydra.sweeper.n_trials=2"]
+    assert sweep_in_process(tmp_path, data_dir, tmp_path / "floats", *floats) == 2
+    err = capsys.readouterr().err
+    assert "trainer.max_epochs=interval(1, 3): a trial's value 1.0 does not fit" in err
+    assert "int(interval(low, high))" in err and not (tmp_path / "floats").exists()
 
 
 def test_pruned_and_diverged_trials_are_rows_with_their_status(

@@ -66,7 +66,8 @@ def hydra_task(cfg: DictConfig) -> float:
             # A stopped job ends the sweep before Hydra's on_job_end: the summary has it too.
             from trainlab import sweep
 
-            sweep.write_summary(Path(hydra_cfg.sweep.dir))
+            objectives = sweep.objectives_of(hydra_cfg, cfg.trainer.monitor)
+            sweep.write_summary(Path(hydra_cfg.sweep.dir), *objectives)
         raise
     except TrainlabError as e:
         if not multirun:

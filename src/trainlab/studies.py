@@ -51,7 +51,7 @@ def storage(url: str | None, sweep_dir: Path) -> Any:
     engine = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=engine)
-    except (ImportError, ModuleNotFoundError) as e:
+    except ImportError as e:
         raise ConfigError(
             f"hydra.sweeper.storage={url}: its database driver is not installed ({e}); for "
             "PostgreSQL: pip install 'trainlab[postgres]'"

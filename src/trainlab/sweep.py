@@ -316,13 +316,17 @@ class SweepSummaryCallback(Callback):
         multirun = config.hydra.mode is not None and str(config.hydra.mode).endswith("MULTIRUN")
         # A job of several processes (SLURM tasks): its rank 0 alone writes.
         if multirun and os.environ.get("RANK", "0") == "0":
-            write_summary(Path(config.hydra.sweep.dir), *_objectives(config))
+            write_summary(
+                Path(config.hydra.sweep.dir), *objectives_of(config.hydra, config.trainer.monitor)
+            )
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():
             return
-        result, rows = write_summary(sweep_dir, *_objectives(config))
+        result, rows = write_summary(
+            sweep_dir, *objectives_of(config.hydra, config.trainer.monitor)
+        )
         print(f"\nsweep summary ({sweep_dir / 'summary.md'}):\n\n{result.markdown()}")
         for line in ranking.best_command(rows):
             print(line)
@@ -359,12 +363,12 @@ def report(root: Path, sort: str | None, group_by: str | None, fmt: str) -> int:
     return 0
 
 
-def _objectives(config: DictConfig) -> tuple[list[str] | None, list[str] | None]:
+def objectives_of(hydra_cfg: DictConfig, monitor: str) -> tuple[list[str] | None, list[str] | None]:
     """A trainlab Optuna sweep's objectives and directions; (None, None) for other sweeps."""
-    sweeper = config.hydra.get("sweeper")
+    sweeper = hydra_cfg.get("sweeper")
     if sweeper is None or "objectives" not in sweeper:
         return None, None
     from trainlab import studies
 
-    objectives = studies.objectives_of(sweeper, config.trainer.monitor)
+    objectives = studies.objectives_of(sweeper, monitor)
     return objectives, studies.directions_of(sweeper, objectives)

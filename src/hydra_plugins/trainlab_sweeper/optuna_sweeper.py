@@ -146,18 +146,30 @@ class TrainlabOptunaSweeper(Sweeper):
             for key in keys:
                 if OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT:
                     raise ConfigError(_not_a_key(cfg, key, picked))
+            values = {k: _assignments({k: _some_value(space[k])})[0] for k in keys}
+            if self._compose_error([*picked, *values.values()]) is None:
+                continue  # one compose for every key; only a failure looks for which
             for key in keys:
-                value = _assignments({key: _some_value(space[key])})[0]
-                try:
-                    loader.load_sweep_config(self.config, [*self.fixed, *picked, value])
-                except Exception as e:
-                    why, hint = first_line(e.__cause__ or e), ""
-                    if "interval(" in swept[key].input_line and "integer" in why.lower():
-                        hint = "; an interval of integers is int(interval(low, high))"
-                    raise ConfigError(
-                        f"{swept[key].input_line}: a trial's value "
-                        f"{value.partition('=')[2]} does not fit ({why}){hint}"
-                    ) from None
+                error = self._compose_error([*picked, values[key]])
+                if error is None:
+                    continue
+                why, hint = first_line(error.__cause__ or error), ""
+                if "interval(" in swept[key].input_line and "integer" in why.lower():
+                    hint = "; an interval of integers is int(interval(low, high))"
+                raise ConfigError(
+                    f"{swept[key].input_line}: a trial's value "
+                    f"{values[key].partition('=')[2]} does not fit ({why}){hint}"
+                )
+
+    def _compose_error(self, overrides: list[str]) -> Exception | None:
+        """What composing a job with these overrides raises, or None."""
+        try:
+            self.hydra_context.config_loader.load_sweep_config(
+                self.config, [*self.fixed, *overrides]
+            )
+        except Exception as e:
+            return e
+        return None
 
     def _check_study(self, study: Any, directions: list[str]) -> None:
         """A study continued with what it was made with: its directions, its sweep folder."""
