@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -271,3 +272,23 @@ def test_two_workers_share_one_study_and_split_its_trials(tmp_path, data_dir, st
     assert other.stderr.strip().count("\n") == 0, other.stderr
     if storage == "postgresql":  # (a journal file is made where it is named)
         assert not (tmp_path / "other").exists()
+
+
+def test_workers_opening_an_empty_database_together_all_get_the_study(postgres_url, tmp_path):
+    # Each creates Optuna's tables if there are none: all but one lose that race, and retry.
+    code = (
+        "import sys; from pathlib import Path; from trainlab import studies; "
+        "studies.storage(sys.argv[1], Path('.')).get_all_studies()"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, postgres_url],
+            cwd=tmp_path,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err[-2000:]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,7 +51,7 @@ def storage(url: str | None, sweep_dir: Path) -> Any:
     # Workers writing one SQLite file wait for each other instead of failing at once.
     engine = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine)
+        return _rdb_storage(url, engine)
     except ImportError as e:
         raise ConfigError(
             f"hydra.sweeper.storage={url}: its database driver is not installed ({e}); for "
@@ -58,6 +59,22 @@ def storage(url: str | None, sweep_dir: Path) -> Any:
         ) from None
     except Exception as e:  # sqlalchemy's ArgumentError, OperationalError, ...
         raise ConfigError(f"hydra.sweeper.storage={url}: cannot open it ({_first(e)})") from None
+
+
+def _rdb_storage(url: str, engine: dict[str, Any], attempts: int = 5) -> Any:
+    """RDBStorage, which creates its tables when the database has none. Workers started together
+    on an empty database race to create them and all but one fail (PostgreSQL: a unique
+    violation on the new table's type); the tables are there then, so a failed open is tried
+    again, a moment later."""
+    import optuna
+    import sqlalchemy.exc
+
+    for attempt in range(1, attempts):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            time.sleep(0.2 * attempt)
+    return optuna.storages.RDBStorage(url, engine_kwargs=engine)
 
 
 def _first(error: BaseException) -> str:
